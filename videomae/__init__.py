@@ -1,0 +1,19 @@
+"""videomae: fast, exact VideoMAE pretraining and fine-tuning.
+
+    model = videomae.create_model("pretrain_videomae_base_patch16_224")
+    mask = videomae.masking.tube_mask(B, (8, 14, 14), 0.9)
+    pred = model(videos, mask)               # [B, N_masked, 1536]
+    loss = model.forward_loss(videos, pred, mask)
+"""
+
+from videomae import masking
+from videomae.loss import pixel_loss
+from videomae.models import PretrainVisionTransformer, VisionTransformer
+from videomae.registry import create_model, list_models, register_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PretrainVisionTransformer", "VisionTransformer", "create_model", "list_models", "masking", "pixel_loss",
+    "register_model",
+]

@@ -1,0 +1,206 @@
+"""VideoMAE pretraining model: an encoder over visible cubes and a shallow decoder over mask tokens.
+
+Module names follow the official checkpoints (`encoder.patch_embed.proj`, `encoder.blocks.{i}`,
+`encoder.norm`, `encoder_to_decoder`, `mask_token`, `decoder.blocks.{i}`, `decoder.norm`,
+`decoder.head`), so official state dicts load without renaming. Positional tables are regenerated
+per token grid and never stored.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from videomae import ops
+from videomae.layers import Block, CubeEmbed, run_blocks, sinusoid_table, stochastic_depth, table_for_grid
+from videomae.loss import pixel_loss
+from videomae.masking import check_mask
+
+
+def _xavier_init(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def trunc_normal_std_(t: torch.Tensor, std: float) -> torch.Tensor:
+    """The official `trunc_normal_`: normal(0, std) truncated at ±1 std (not timm's ±2 absolute)."""
+    return nn.init.trunc_normal_(t, mean=0.0, std=std, a=-std, b=std)
+
+
+class PretrainEncoder(nn.Module):
+    def __init__(
+        self, *, img_size, patch_size, num_frames, tubelet_size, in_chans, embed_dim, depth, num_heads, mlp_ratio,
+        qkv_bias, drop_rate, attn_drop_rate, drop_path_rate, init_values, norm_eps, use_learnable_pos_emb,
+        use_checkpoint, fused,
+    ):
+        super().__init__()
+        self.patch_embed = CubeEmbed(patch_size, tubelet_size, in_chans, embed_dim)
+        self.grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
+        n = self.grid[0] * self.grid[1] * self.grid[2]
+        if use_learnable_pos_emb:
+            self.pos_embed = nn.Parameter(torch.zeros(1, n, embed_dim))
+        else:
+            self.pos_embed = None
+            self.register_buffer("pos_table", sinusoid_table(n, embed_dim), persistent=False)
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dp, init_values, norm_eps)
+            for dp in stochastic_depth(drop_path_rate, depth)
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.use_checkpoint = use_checkpoint
+        self.fused = fused
+        self.apply(_xavier_init)
+        if use_learnable_pos_emb:
+            trunc_normal_std_(self.pos_embed, 0.02)
+
+    def pos(self, grid: tuple[int, int, int]) -> torch.Tensor:
+        """[1, T'H'W', D] for the token grid of the clip at hand."""
+        if self.pos_embed is not None:
+            return table_for_grid(self.pos_embed, self.grid, grid, learnable=True)
+        # The official model feeds the fixed table detached: it is a constant, never trained.
+        return table_for_grid(self.pos_table, self.grid, grid, learnable=False)
+
+    def embed_visible(self, videos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """videos: [B, C, T, H, W], mask: [B, N] -> visible tokens + pos [B, N_vis, D], raster order."""
+        grid = self.patch_embed.grid(videos.shape)
+        pos = self.pos(grid)
+        proj = self.patch_embed.proj
+        if self.fused:
+            return ops.cube_embed(videos, proj.weight, proj.bias, pos, mask)
+        x = self.patch_embed(videos)
+        x = x + pos.type_as(x)
+        return x[~mask].reshape(x.shape[0], -1, x.shape[-1])
+
+    def forward(self, videos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """videos: [B, C, T, H, W], mask: [B, N] True = masked -> [B, N_vis, D]"""
+        x = self.embed_visible(videos, mask)
+        x = run_blocks(self.blocks, x, self.use_checkpoint)
+        return self.norm(x)
+
+
+class PretrainDecoder(nn.Module):
+    def __init__(
+        self, *, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, out_dim, drop_rate, attn_drop_rate,
+        drop_path_rate, init_values, norm_eps, use_checkpoint,
+    ):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dp, init_values, norm_eps)
+            for dp in stochastic_depth(drop_path_rate, depth)
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.head = nn.Linear(embed_dim, out_dim)
+        self.use_checkpoint = use_checkpoint
+        self.apply(_xavier_init)
+
+    def forward(self, x: torch.Tensor, num_return: int) -> torch.Tensor:
+        """x: [B, N_vis + N_dec, Dd] -> predictions for the last `num_return` tokens [B, N_dec, out_dim]"""
+        x = run_blocks(self.blocks, x, self.use_checkpoint)
+        return self.head(self.norm(x[:, -num_return:]))
+
+
+class PretrainVisionTransformer(nn.Module):
+    """VideoMAE (V1/V2) pretraining model.
+
+    forward(videos [B, 3, T, H, W], mask [B, N] Bool True = masked, decode_mask [B, N] Bool True = not
+    decoded (V2) or None) -> pred [B, N_dec, 3*t*p*p], N_dec = masked (V1) or decoded (V2) cubes,
+    in raster order, each cube flattened as (t, p, p, c) with channel fastest.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        num_frames: int = 16,
+        tubelet_size: int = 2,
+        in_chans: int = 3,
+        encoder_embed_dim: int = 768,
+        encoder_depth: int = 12,
+        encoder_num_heads: int = 12,
+        decoder_embed_dim: int = 384,
+        decoder_depth: int = 4,
+        decoder_num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        init_values: float = 0.0,
+        norm_eps: float = 1e-6,
+        decoder_norm_eps: float | None = None,
+        use_learnable_pos_emb: bool = False,
+        use_checkpoint: bool = False,
+        normalize_target: bool = True,
+        fused: bool = True,
+    ):
+        super().__init__()
+        self.patch_size, self.tubelet_size = patch_size, tubelet_size
+        self.normalize_target = normalize_target
+        self.fused = fused
+        self.encoder = PretrainEncoder(
+            img_size=img_size, patch_size=patch_size, num_frames=num_frames, tubelet_size=tubelet_size,
+            in_chans=in_chans, embed_dim=encoder_embed_dim, depth=encoder_depth, num_heads=encoder_num_heads,
+            mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+            drop_path_rate=drop_path_rate, init_values=init_values, norm_eps=norm_eps,
+            use_learnable_pos_emb=use_learnable_pos_emb, use_checkpoint=use_checkpoint, fused=fused,
+        )
+        self.decoder = PretrainDecoder(
+            embed_dim=decoder_embed_dim, depth=decoder_depth, num_heads=decoder_num_heads, mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias, out_dim=in_chans * tubelet_size * patch_size**2, drop_rate=drop_rate,
+            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, init_values=init_values,
+            norm_eps=norm_eps if decoder_norm_eps is None else decoder_norm_eps, use_checkpoint=use_checkpoint,
+        )
+        # Not covered by the encoder/decoder inits: keeps PyTorch's default Linear init, as the official model.
+        self.encoder_to_decoder = nn.Linear(encoder_embed_dim, decoder_embed_dim, bias=False)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        trunc_normal_std_(self.mask_token, 0.02)
+        n = self.encoder.grid[0] * self.encoder.grid[1] * self.encoder.grid[2]
+        self.register_buffer("decoder_pos_table", sinusoid_table(n, decoder_embed_dim), persistent=False)
+
+    # --------------------------------------------------------------------------
+    # decoder input: [x_vis + pos[~mask] ; mask_token + pos[decoded]]
+
+    def decoder_input(self, x_vis: torch.Tensor, grid, mask: torch.Tensor, decode_mask: torch.Tensor | None):
+        """x_vis: [B, N_vis, Dd] -> [B, N_vis + N_dec, Dd], visible first then decoded, each in raster order"""
+        pos = table_for_grid(self.decoder_pos_table, self.encoder.grid, grid, learnable=False)
+        if self.fused:
+            return ops.decoder_input(x_vis, self.mask_token, pos, mask, decode_mask)
+        b, _, d = x_vis.shape
+        pos = pos.type_as(x_vis).expand(b, -1, -1)
+        decoded = mask if decode_mask is None else ~decode_mask
+        pos_vis = pos[~mask].reshape(b, -1, d)
+        pos_dec = pos[decoded].reshape(b, -1, d)
+        return torch.cat([x_vis + pos_vis, self.mask_token + pos_dec], dim=1)
+
+    # --------------------------------------------------------------------------
+
+    def forward(
+        self, videos: torch.Tensor, mask: torch.Tensor, decode_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        grid = self.encoder.patch_embed.grid(videos.shape)
+        n = grid[0] * grid[1] * grid[2]
+        check_mask(mask, videos.shape[0], n, "mask")
+        if decode_mask is not None:
+            check_mask(decode_mask, videos.shape[0], n, "decode_mask")
+        x_vis = self.encoder(videos, mask)
+        x_vis = self.encoder_to_decoder(x_vis)
+        x = self.decoder_input(x_vis, grid, mask, decode_mask)
+        return self.decoder(x, x.shape[1] - x_vis.shape[1])
+
+    def forward_loss(
+        self, videos: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, decode_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Normalized-pixel MSE over the reconstructed cubes (fp32), fused when `fused`."""
+        kw = dict(tubelet_size=self.tubelet_size, patch_size=self.patch_size,
+                  normalize_target=self.normalize_target, decode_mask=decode_mask)
+        if self.fused:
+            return ops.norm_pix_mse(pred, videos, mask, **kw)
+        return pixel_loss(pred, videos, mask, **kw)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"mask_token", "encoder.pos_embed"}
