@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "torch>=2.11"
-	$(PY) -m pip install -q --no-build-isolation -e ".[dev,hf]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev,hf,timm]"
 	touch $(STAMP)
 
 lint: $(STAMP)

@@ -55,8 +55,9 @@ class Block(nn.Module):
 
 
 def stochastic_depth(rate: float, depth: int) -> list[float]:
-    """Official drop-path schedule `linspace(0, rate, depth)`."""
-    return [x.item() for x in torch.linspace(0, rate, depth)]
+    """Official drop-path schedule `linspace(0, rate, depth)` (float32 values, as the official code);
+    built on the CPU so that models can be constructed under `torch.device("meta")`."""
+    return [x.item() for x in torch.linspace(0, rate, depth, device="cpu")]
 
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, use_checkpoint: bool) -> torch.Tensor:

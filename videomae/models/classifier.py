@@ -46,6 +46,7 @@ class VisionTransformer(nn.Module):
         init_values: float = 0.0,
         init_scale: float = 0.001,
         norm_eps: float = 1e-6,
+        fc_norm_eps: float | None = None,
         use_learnable_pos_emb: bool = False,
         use_checkpoint: bool = False,
         fused: bool = True,
@@ -66,7 +67,8 @@ class VisionTransformer(nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dp, init_values, norm_eps)
             for dp in stochastic_depth(drop_path_rate, depth)
         )
-        self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        # Hugging Face builds `fc_norm` with eps 1e-5 whatever its blocks use; official: `norm_eps`.
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps if fc_norm_eps is None else fc_norm_eps)
         self.fc_dropout = nn.Dropout(fc_drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.use_checkpoint = use_checkpoint

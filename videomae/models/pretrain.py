@@ -86,14 +86,14 @@ class PretrainEncoder(nn.Module):
 class PretrainDecoder(nn.Module):
     def __init__(
         self, *, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, out_dim, drop_rate, attn_drop_rate,
-        drop_path_rate, init_values, norm_eps, use_checkpoint,
+        drop_path_rate, init_values, norm_eps, final_norm_eps, use_checkpoint,
     ):
         super().__init__()
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dp, init_values, norm_eps)
             for dp in stochastic_depth(drop_path_rate, depth)
         )
-        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.norm = nn.LayerNorm(embed_dim, eps=final_norm_eps)
         self.head = nn.Linear(embed_dim, out_dim)
         self.use_checkpoint = use_checkpoint
         self.apply(_xavier_init)
@@ -153,7 +153,9 @@ class PretrainVisionTransformer(nn.Module):
             embed_dim=decoder_embed_dim, depth=decoder_depth, num_heads=decoder_num_heads, mlp_ratio=mlp_ratio,
             qkv_bias=qkv_bias, out_dim=in_chans * tubelet_size * patch_size**2, drop_rate=drop_rate,
             attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, init_values=init_values,
-            norm_eps=norm_eps if decoder_norm_eps is None else decoder_norm_eps, use_checkpoint=use_checkpoint,
+            # Hugging Face keeps the blocks at `norm_eps` but builds `decoder.norm` with eps 1e-5.
+            norm_eps=norm_eps, final_norm_eps=norm_eps if decoder_norm_eps is None else decoder_norm_eps,
+            use_checkpoint=use_checkpoint,
         )
         # Not covered by the encoder/decoder inits: keeps PyTorch's default Linear init, as the official model.
         self.encoder_to_decoder = nn.Linear(encoder_embed_dim, decoder_embed_dim, bias=False)
@@ -171,7 +173,8 @@ class PretrainVisionTransformer(nn.Module):
         if self.fused:
             return ops.decoder_input(x_vis, self.mask_token, pos, mask, decode_mask)
         b, _, d = x_vis.shape
-        pos = pos.type_as(x_vis).expand(b, -1, -1)
+        # Official: the table is cast to the clip's dtype (fp32 under autocast), so sums promote to it.
+        pos = pos.expand(b, -1, -1)
         decoded = mask if decode_mask is None else ~decode_mask
         pos_vis = pos[~mask].reshape(b, -1, d)
         pos_dec = pos[decoded].reshape(b, -1, d)
@@ -184,9 +187,10 @@ class PretrainVisionTransformer(nn.Module):
     ) -> torch.Tensor:
         grid = self.encoder.patch_embed.grid(videos.shape)
         n = grid[0] * grid[1] * grid[2]
-        check_mask(mask, videos.shape[0], n, "mask")
-        if decode_mask is not None:
-            check_mask(decode_mask, videos.shape[0], n, "decode_mask")
+        if not torch.compiler.is_compiling():  # the equal-count check syncs with the host
+            check_mask(mask, videos.shape[0], n, "mask")
+            if decode_mask is not None:
+                check_mask(decode_mask, videos.shape[0], n, "decode_mask")
         x_vis = self.encoder(videos, mask)
         x_vis = self.encoder_to_decoder(x_vis)
         x = self.decoder_input(x_vis, grid, mask, decode_mask)

@@ -1,0 +1,217 @@
+"""Attention backends on the CPU: agreement with an fp64 reference, dispatch and its explanations,
+the switch (API and VIDEOMAE_ATTN), dropout, determinism, torch.compile. CUDA-only backends (flash-attn,
+cuDNN, efficient, xformers) are checked for their refusal reasons here and timed by bench/train_step.py."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+import videomae.attention as A
+from videomae.layers.attention import Attention
+
+CPU_BACKENDS = ("eager", "sdpa-math", "sdpa-flash", "sdpa-default")
+
+
+@pytest.fixture(autouse=True)
+def _restore_switch():
+    prev, table = A.get_attention_backend(), dict(A.PRIORITY)
+    yield
+    A.set_attention_backend(prev)
+    A.PRIORITY.clear()
+    A.PRIORITY.update(table)
+
+
+def qkv(b, h, n, d, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, h, n, d, generator=g, dtype=torch.float64).to(dtype) for _ in range(3)]
+
+
+def rel(x, ref):
+    """||x - ref|| / ||ref||; an all-zero ref (q, k grads when N = 1: softmax over one key) must be met to 1e-6."""
+    return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-1)).item()
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 37, 64), (1, 2, 160, 32), (2, 1, 1, 16), (1, 6, 300, 64)])
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_fp32_forward_backward_match_fp64_reference(name, shape):
+    q, k, v = (t.requires_grad_() for t in qkv(*shape))
+    scale = shape[-1] ** -0.5
+    out = A.BACKENDS[name](q, k, v, scale, 0.0)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = A.eager_attention(q64, k64, v64, scale)
+    ref.backward(grad.double())
+    assert out.shape == shape and out.dtype == torch.float32
+    # fp32 softmax-attention lands near 1e-7; 1e-5 leaves room for the backends' different summation orders.
+    assert rel(out, ref) < 1e-5
+    for t, t64 in ((q, q64), (k, k64), (v, v64)):
+        assert rel(t.grad, t64.grad) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["sdpa-math", "sdpa-flash", "sdpa-default"])
+def test_bf16_error_at_most_twice_eager_error(name):
+    """flash-attention's rule: a backend's error against fp64 is at most 2x PyTorch eager's in the same dtype."""
+    q, k, v = qkv(2, 4, 200, 64, torch.bfloat16, seed=1)
+    scale = 64**-0.5
+    ref = A.eager_attention(q.double(), k.double(), v.double(), scale)
+    err_eager = rel(A.eager_attention(q, k, v, scale), ref)
+    err = rel(A.BACKENDS[name](q, k, v, scale, 0.0), ref)
+    assert 1e-4 < err_eager < 2e-2  # really bf16 arithmetic, and sane
+    assert err <= 2 * err_eager + 1e-6
+
+
+def test_dispatch_picks_per_device_dtype_and_dropout():
+    q, k, v = qkv(1, 2, 16, 64)
+    assert A.select_backend(q, k, v, name="auto").name == "sdpa-flash"  # CPU table: the tiled kernel first
+    # The CPU flash kernel has no dropout: auto falls back to math, a forced flash explains itself.
+    assert A.select_backend(q, k, v, 0.1, name="auto").name == "sdpa-math"
+    with pytest.raises(A.AttentionNotSupported, match="dropout"):
+        A.select_backend(q, k, v, 0.1, name="sdpa-flash")
+    # Head dim not a multiple of 8: flash refuses, auto still runs something exact.
+    q5, k5, v5 = qkv(1, 2, 16, 20)
+    assert "head dim 20" in " ".join(A.BACKENDS["sdpa-flash"].not_supported_reasons(q5, k5, v5))
+    assert A.select_backend(q5, k5, v5, name="auto").name == "sdpa-math"
+    assert A.select_backend(q, k, v, name="sdpa").name.startswith("sdpa")
+
+
+@pytest.mark.parametrize("name", ["flash-attn", "sdpa-cudnn", "sdpa-efficient", "xformers"])
+def test_forced_cuda_backend_on_cpu_raises_listing_reasons(name):
+    q, k, v = qkv(1, 2, 16, 64)
+    A.set_attention_backend(name)
+    with pytest.raises(A.AttentionNotSupported, match=f"'{name}' cannot run") as e:
+        A.scaled_dot_product_attention(q, k, v, 0.125)
+    assert "device cpu not in ['cuda']" in str(e.value)
+
+
+def test_package_backends_report_missing_packages():
+    b = A.BACKENDS["flash-attn"]
+    if b._fa2 is None and b._fa3 is None:
+        assert "flash_attn" in b.unavailable_reasons()[0]
+    if A.BACKENDS["xformers"]._fn is None:
+        assert "xformers" in A.BACKENDS["xformers"].unavailable_reasons()[0]
+
+
+def test_wrong_dtype_and_mixed_dtypes_are_reasons():
+    q, k, v = qkv(1, 2, 16, 64)
+    reasons = A.BACKENDS["sdpa-flash"].not_supported_reasons(q, k.double(), v)
+    assert any("dtypes differ" in r for r in reasons)
+    with pytest.raises(ValueError, match="attention backend must be one of"):
+        A.set_attention_backend("flash3000")
+
+
+def test_switch_by_api_and_context_manager():
+    q, k, v = qkv(1, 2, 16, 64)
+    A.set_attention_backend("eager")
+    assert A.get_attention_backend() == "eager"
+    assert A.select_backend(q, k, v).name == "eager"
+    with A.use_attention_backend("sdpa_math"):  # underscores accepted
+        assert A.select_backend(q, k, v).name == "sdpa-math"
+    assert A.get_attention_backend() == "eager"
+
+
+def test_switch_by_env_var(monkeypatch):
+    monkeypatch.setenv(A.ENV, "sdpa-math")
+    try:
+        mod = importlib.reload(A)
+        assert mod.get_attention_backend() == "sdpa-math"
+        q, k, v = qkv(1, 2, 16, 64)
+        assert mod.select_backend(q, k, v).name == "sdpa-math"
+        # The layers hold the function object; it reads the reloaded module's switch.
+        from videomae.layers import attention as layer_mod
+
+        assert layer_mod.scaled_dot_product_attention.__globals__["_backend"] == "sdpa-math"
+    finally:
+        monkeypatch.delenv(A.ENV)
+        importlib.reload(A)
+    assert A.get_attention_backend() == "auto"
+
+
+def test_dropout_path_shapes_and_randomness():
+    q, k, v = qkv(2, 3, 50, 32)
+    for name in ("eager", "sdpa-math", "auto"):
+        A.set_attention_backend(name)
+        torch.manual_seed(0)
+        a = A.scaled_dot_product_attention(q, k, v, 0.2, dropout_p=0.5)
+        torch.manual_seed(1)
+        b = A.scaled_dot_product_attention(q, k, v, 0.2, dropout_p=0.5)
+        assert a.shape == q.shape and torch.isfinite(a).all()
+        assert not torch.equal(a, b)  # different seeds drop different weights
+    # Expected value is preserved: the mean over many dropout draws approaches the no-dropout output.
+    A.set_attention_backend("sdpa-math")
+    torch.manual_seed(0)
+    q, k, v = (t[:1, :1, :20] for t in (q, k, v))
+    mean = torch.stack([A.scaled_dot_product_attention(q, k, v, 0.2, dropout_p=0.3) for _ in range(400)]).mean(0)
+    assert rel(mean, A.eager_attention(q, k, v, 0.2).double()) < 0.05
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_bitwise_deterministic(name):
+    q, k, v = qkv(2, 3, 77, 64, seed=3)
+    assert torch.equal(A.BACKENDS[name](q, k, v, 0.1, 0.0), A.BACKENDS[name](q, k, v, 0.1, 0.0))
+
+
+def test_attention_layer_same_under_every_backend():
+    """The official fused qkv (q_bias, zero k bias, v_bias) feeds every backend the same q, k, v."""
+    torch.manual_seed(0)
+    layer = Attention(64, 4).eval()
+    torch.nn.init.normal_(layer.q_bias)
+    torch.nn.init.normal_(layer.v_bias)
+    x = torch.randn(2, 33, 64)
+    A.set_attention_backend("eager")
+    ref = layer(x)
+    for name in ("sdpa-math", "sdpa-flash", "auto", "sdpa"):
+        A.set_attention_backend(name)
+        torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_compile_fullgraph():
+    """Dispatch is plain Python on shapes and dtypes, and sdpa_kernel is traceable: no graph break."""
+    torch.manual_seed(0)
+    layer = Attention(64, 4).eval()
+    x = torch.randn(2, 40, 64)
+    A.set_attention_backend("eager")
+    ref = layer(x)
+    A.set_attention_backend("auto")
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_tune_installs_measured_order():
+    q, k, v = qkv(1, 2, 64, 32)
+    ms = A.tune(q, k, v, reps=2)
+    assert set(ms) == {"eager", "sdpa-math", "sdpa-flash"}  # what can run here (sdpa-default excluded)
+    assert all(t > 0 for t in ms.values())
+    order = A.priority(q)
+    assert order[:3] == sorted(ms, key=ms.get)
+
+
+def test_backend_report_lists_every_backend():
+    r = A.backend_report("cpu", torch.float32)
+    assert set(r["backends"]) == set(A.BACKENDS)
+    assert r["auto"] == {"encoder": "sdpa-flash", "decoder": "sdpa-flash"}
+    assert r["backends"]["sdpa-cudnn"]["decoder"]["available"] is False
+    assert r["backends"]["eager"]["encoder"] == {"available": True, "reasons": []}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(4, 12, 160, 64), (2, 6, 1568, 64), (2, 16, 208, 88), (1, 3, 37, 64)])
+def test_cuda_backends_within_twice_eager_error(shape, dtype):
+    """Every backend that can run here: output and gradients within 2x eager's own error (flash-attn rule)."""
+    q, k, v = (t.cuda() for t in qkv(*shape, dtype=dtype))
+    scale = shape[-1] ** -0.5
+    eager = A.reference_errors("eager", q, k, v, scale)
+    ran = []
+    for name, b in A.BACKENDS.items():
+        if b.not_supported_reasons(q, k, v):
+            continue
+        err = A.reference_errors(name, q, k, v, scale)
+        for key, e in err.items():
+            assert e <= 2 * eager[key] + 1e-4, f"{name} {key}: {e:.2e} vs eager {eager[key]:.2e}"
+        ran.append(name)
+    assert {"sdpa-math", "sdpa-efficient"} <= set(ran)

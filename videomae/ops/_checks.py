@@ -1,0 +1,125 @@
+"""Input validation shared by every backend: bad input is a ValueError that names the argument.
+
+Validation runs before dispatch, so a call fails the same way whichever backend would have run it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from videomae.masking import check_mask
+
+FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+VIDEO_DTYPES = (*FLOATS, torch.uint8)
+
+
+def _tensor(x, name: str, ndims: tuple[int, ...], dtypes: tuple[torch.dtype, ...]) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in ndims:
+        raise ValueError(f"{name} must have rank {' or '.join(map(str, ndims))}, got shape {list(x.shape)}")
+    if x.dtype not in dtypes:
+        raise ValueError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {x.dtype}")
+    if not x.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (call .contiguous()), got strides {x.stride()}")
+    return x
+
+
+def _same_device(ref: torch.Tensor, **tensors: torch.Tensor | None) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{name} must be on {ref.device} like the other inputs, got {t.device}")
+
+
+def _mask(mask, name: str, batch: int, num_tokens: int) -> int | None:
+    """Masked count per sample; None under torch.compile, where counting would read the mask's values."""
+    _tensor(mask, name, (2,), (torch.bool,))
+    if torch.compiler.is_compiling():
+        if tuple(mask.shape) != (batch, num_tokens):
+            raise ValueError(f"{name} must have shape [B={batch}, N={num_tokens}], got {list(mask.shape)}")
+        return None
+    return check_mask(mask, batch, num_tokens, name)
+
+
+def _pos(pos, name: str, num_tokens: int, width: int) -> None:
+    _tensor(pos, name, (2, 3), FLOATS)
+    want = (1, num_tokens, width) if pos.dim() == 3 else (num_tokens, width)
+    if tuple(pos.shape) != want:
+        raise ValueError(f"{name} must have shape {list(want)} (or [N, D]), got {list(pos.shape)}")
+
+
+def _stats(values, name: str, channels: int) -> None:
+    if len(values) != channels:
+        raise ValueError(f"{name} must have one value per channel ({channels}), got {len(values)}")
+
+
+def grid_of(videos: torch.Tensor, tubelet: int, patch: int, name: str = "videos") -> tuple[int, int, int]:
+    """videos [B, C, T, H, W] -> token grid (T', H', W'); the cube must divide T, H and W."""
+    _, _, t, h, w = videos.shape
+    if tubelet < 1 or patch < 1 or t % tubelet or h % patch or w % patch:
+        raise ValueError(
+            f"{name} frames x height x width {t}x{h}x{w} must be divisible by the cube {tubelet}x{patch}x{patch}"
+        )
+    return t // tubelet, h // patch, w // patch
+
+
+def check_cube_embed(videos, weight, bias, pos, mask, mean, std) -> None:
+    _tensor(videos, "videos", (5,), VIDEO_DTYPES)
+    _tensor(weight, "weight", (5,), FLOATS)
+    b, c = videos.shape[:2]
+    d, wc, kt, kh, kw = weight.shape
+    if wc != c:
+        raise ValueError(f"weight must have {c} input channels like videos, got shape {list(weight.shape)}")
+    if kh != kw:
+        raise ValueError(f"weight must have a square spatial kernel, got shape {list(weight.shape)}")
+    if videos.dtype != torch.uint8 and videos.dtype != weight.dtype:
+        raise ValueError(f"videos must have weight's dtype {weight.dtype} (or be uint8), got {videos.dtype}")
+    tt, hh, ww = grid_of(videos, kt, kh)
+    if bias is not None:
+        _tensor(bias, "bias", (1,), FLOATS)
+        if bias.shape[0] != d:
+            raise ValueError(f"bias must have shape [{d}], got {list(bias.shape)}")
+    if pos is not None:
+        _pos(pos, "pos", tt * hh * ww, d)
+    _mask(mask, "mask", b, tt * hh * ww)
+    _same_device(videos, weight=weight, bias=bias, pos=pos, mask=mask)
+    if videos.dtype == torch.uint8:
+        _stats(mean, "mean", c)
+        _stats(std, "std", c)
+
+
+def check_decoder_input(x_vis, mask_token, pos, mask, decode_mask) -> None:
+    _tensor(x_vis, "x_vis", (3,), FLOATS)
+    b, nv, d = x_vis.shape
+    _tensor(mask_token, "mask_token", (1, 2, 3), FLOATS)
+    if mask_token.numel() != d or mask_token.shape[-1] != d:
+        raise ValueError(f"mask_token must have shape [1, 1, {d}] or [{d}], got {list(mask_token.shape)}")
+    _tensor(pos, "pos", (2, 3), FLOATS)
+    n = pos.shape[-2]
+    _pos(pos, "pos", n, d)
+    masked = _mask(mask, "mask", b, n)
+    if masked is not None and n - masked != nv:
+        raise ValueError(f"x_vis must have one row per visible token ({n - masked}), got shape {list(x_vis.shape)}")
+    if decode_mask is not None:
+        _mask(decode_mask, "decode_mask", b, n)
+    _same_device(x_vis, mask_token=mask_token, pos=pos, mask=mask, decode_mask=decode_mask)
+
+
+def check_norm_pix_mse(pred, videos, mask, decode_mask, tubelet, patch, style, mean, std) -> None:
+    _tensor(pred, "pred", (3,), FLOATS)
+    _tensor(videos, "videos", (5,), VIDEO_DTYPES)
+    b, c = videos.shape[:2]
+    if style not in ("videomae", "mae_st"):
+        raise ValueError(f"style must be 'videomae' or 'mae_st', got {style!r}")
+    tt, hh, ww = grid_of(videos, tubelet, patch)
+    n = tt * hh * ww
+    decoded = _mask(mask, "mask", b, n)
+    if decode_mask is not None:
+        kept = _mask(decode_mask, "decode_mask", b, n)
+        decoded = None if kept is None else n - kept
+    want = (b, pred.shape[1] if decoded is None else decoded, c * tubelet * patch * patch)
+    if tuple(pred.shape) != want:
+        raise ValueError(f"pred must have shape {list(want)} (decoded cubes x values), got {list(pred.shape)}")
+    _same_device(pred, videos=videos, mask=mask, decode_mask=decode_mask)
+    _stats(mean, "mean", c)
+    _stats(std, "std", c)

@@ -1,0 +1,82 @@
+"""The `cuda` backend: ops `videomae::{op}_cuda` compiled from csrc/ into `videomae._C`.
+
+Schemas and CUDA kernels come from C++ (`TORCH_LIBRARY` / `TORCH_LIBRARY_IMPL` in csrc/bindings.cpp, with the
+schemas of `library.SCHEMAS`); fake kernels and autograd are the shared ones of `library.py`. Without a loadable
+extension nothing is registered and the dispatch reports `_ext.reason()`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from videomae import _ext
+
+from .dispatch import Backend, mark_broken, register_backend
+from .library import register_fakes_and_autograd
+
+MAX_CHANNELS = 4  # per-channel constants live in registers (csrc/videomae_kernels.h: ChannelAffine)
+MAX_CUBE = 40960  # norm_pix_mse stages a cube in shared memory as fp32 (160 KiB)
+
+
+def _arch(text: str) -> tuple[tuple[int, int], bool]:
+    """'9.0+PTX' -> ((9, 0), True)"""
+    base, _, ptx = text.strip().partition("+")
+    major, minor = base.rstrip("a").split(".")
+    return (int(major), int(minor)), ptx.upper() == "PTX"
+
+
+@functools.cache
+def _runs_on(capability: tuple[int, int]) -> bool:
+    """Whether the built code runs on a device: a cubin of the same major and no newer minor, or older PTX."""
+    archs = _ext.build_info().get("archs", "")
+    if not archs:
+        return True  # no record (hand-built): let the kernel launch report it
+    for arch, ptx in map(_arch, archs.replace(" ", ";").split(";")):
+        if (arch[0] == capability[0] and arch[1] <= capability[1]) or (ptx and arch <= capability):
+            return True
+    return False
+
+
+class CudaBackend(Backend):
+    """CUDA C++ kernels (csrc/): fp32/bf16/fp16 on sm_80+ for the archs the extension was built for."""
+
+    name, priority = "cuda", 30
+    devices = ("cuda",)
+    min_compute_capability = (8, 0)
+
+    def unavailable_reasons(self) -> list[str]:
+        if not _ext.available():
+            return [_ext.reason()]
+        if not torch.cuda.is_available():
+            return ["no CUDA device"]
+        return []
+
+    def not_supported_reasons(self, op: str, inputs: dict[str, torch.Tensor | None]) -> list[str]:
+        reasons = super().not_supported_reasons(op, inputs)
+        tensors = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        # Every float input, not just the first: the kernels read pos / mask_token in their own dtype.
+        for k, v in tensors.items():
+            if v.is_floating_point() and v.dtype not in self.dtypes:
+                reasons.append(f"{k} has dtype {v.dtype}, needs one of {[str(d) for d in self.dtypes]}")
+        cuda = [v for v in tensors.values() if v.device.type == "cuda"]
+        if cuda and not _runs_on(torch.cuda.get_device_capability(cuda[0].device)):
+            reasons.append(f"built for archs {_ext.build_info().get('archs')}, device has compute capability "
+                           f"{torch.cuda.get_device_capability(cuda[0].device)}")
+        videos = inputs.get("videos")
+        if isinstance(videos, torch.Tensor) and videos.dim() == 5:
+            channels = videos.shape[1]
+            if (op == "norm_pix_mse" or videos.dtype == torch.uint8) and channels > MAX_CHANNELS:
+                reasons.append(f"videos has {channels} channels, the kernels take at most {MAX_CHANNELS}")
+            pred = inputs.get("pred")
+            if op == "norm_pix_mse" and isinstance(pred, torch.Tensor) and pred.shape[-1] > MAX_CUBE:
+                reasons.append(f"cubes of {pred.shape[-1]} values exceed the {MAX_CUBE} held in shared memory")
+        return reasons
+
+
+if _ext.available():
+    register_fakes_and_autograd("cuda")
+    register_backend(CudaBackend())
+else:
+    mark_broken("cuda", _ext.reason())
