@@ -7,9 +7,9 @@ Shapes are tiny and odd (widths 40/56, 32x48 frames, tubelet 1, patch 8) to keep
 import pytest
 import torch
 from tolerances import LOSS_GRAD_TOL, LOSS_TOL, TOL
-from videomae.kernels import INTERPRET
 
 import videomae.ops as ops
+from videomae.kernels import INTERPRET
 from videomae.ops import testing as T
 from videomae.ops.reference import cube_embed_ref, decoder_input_ref, norm_pix_mse_fp64, norm_pix_mse_ref, to_fp64
 

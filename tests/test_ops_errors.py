@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from videomae.kernels import INTERPRET
 
 import videomae.ops as ops
+from videomae.kernels import INTERPRET
 from videomae.ops import dispatch
 from videomae.ops import testing as T
 

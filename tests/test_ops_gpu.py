@@ -9,9 +9,9 @@ Run: `pytest -m gpu tests/test_ops_gpu.py` on a CUDA machine, without TRITON_INT
 import pytest
 import torch
 from tolerances import ERROR_FLOOR, ERROR_RATIO
-from videomae.kernels import INTERPRET
 
 import videomae.ops as ops
+from videomae.kernels import INTERPRET
 from videomae.ops import dispatch
 from videomae.ops import testing as T
 from videomae.ops.reference import cube_embed_ref, decoder_input_ref, norm_pix_mse_fp64, norm_pix_mse_ref, to_fp64

@@ -3,9 +3,9 @@ and `torch.compile(fullgraph=True)` through the public functions."""
 
 import pytest
 import torch
-from videomae.kernels import INTERPRET
 
 import videomae.ops as ops
+from videomae.kernels import INTERPRET
 from videomae.ops import testing as T
 from videomae.ops.library import torch_op
 

@@ -1,0 +1,226 @@
+"""`python -m videomae info`: versions, devices, and which backends can run here and, if not, why.
+
+Every optional module is imported lazily inside a try: a missing or broken one becomes a reason in
+the report, never a crash of the command.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import sys
+
+OK, NO = "yes", "no"
+
+
+def _version(module: str) -> tuple[str | None, str]:
+    """-> (version or None, reason it cannot be imported)."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        return None, "not installed" if e.name == module.split(".")[0] else f"import failed: {e}"
+    except Exception as e:  # noqa: BLE001 - a broken install is reported, not raised
+        return None, f"import failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return str(getattr(mod, "__version__", "installed")), ""
+
+
+def versions() -> dict:
+    import torch
+
+    out = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+           "torch CUDA": torch.version.cuda or "none (CPU build)",
+           "cuDNN": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else "none"}
+    for name, module in (("videomae", "videomae"), ("triton", "triton"), ("numpy", "numpy"), ("PyAV", "av"),
+                         ("decord", "decord"), ("einops", "einops"), ("safetensors", "safetensors"),
+                         ("tensorboard", "tensorboard"), ("transformers", "transformers"), ("timm", "timm")):
+        version, why = _version(module)
+        out[name] = version or why
+    return out
+
+
+def devices() -> dict:
+    import torch
+
+    out = {"cpu cores": os.cpu_count(), "torch threads": torch.get_num_threads(), "cuda": []}
+    if not torch.cuda.is_available():
+        out["cuda_reason"] = ("torch is a CPU build" if torch.version.cuda is None
+                              else "no CUDA device visible (driver missing or CUDA_VISIBLE_DEVICES empty)")
+        return out
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        out["cuda"].append({"index": i, "name": p.name, "capability": f"{p.major}.{p.minor}",
+                            "memory_gib": round(p.total_memory / 2**30, 1),
+                            "bf16": torch.cuda.is_bf16_supported()})
+    return out
+
+
+def _entry(available: bool, detail: str = "", reasons: list[str] | None = None) -> dict:
+    return {"available": available, "detail": detail, "reasons": reasons or []}
+
+
+def triton_status() -> dict:
+    import torch
+
+    version, why = _version("triton")
+    if version is None:
+        return _entry(False, reasons=[f"triton {why} (pip install triton; Linux x86-64/aarch64 wheels)"])
+    if torch.cuda.is_available():
+        return _entry(True, f"triton {version} on CUDA")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return _entry(True, f"triton {version} in the CPU interpreter (TRITON_INTERPRET=1, for tests only)")
+    return _entry(False, f"triton {version}", ["no CUDA device (set TRITON_INTERPRET=1 to run kernels on the "
+                                               "CPU interpreter, slowly)"])
+
+
+def extension_status() -> dict:
+    try:
+        from videomae import _ext
+    except Exception as e:  # noqa: BLE001
+        return _entry(False, reasons=[f"videomae._ext failed to import: {type(e).__name__}: {e}"])
+    info = _ext.build_info()
+    detail = ", ".join(f"{k} {v}" for k, v in info.items()) if info else "no build metadata (not built)"
+    ok = _ext.available()
+    reasons = [] if ok else [_ext.reason()]
+    import torch
+
+    if ok and not torch.cuda.is_available():
+        reasons, ok = ["loaded, but no CUDA device to run its kernels on"], False
+    return _entry(ok, detail, reasons)
+
+
+def optional_library(module: str, hint: str, needs_cuda: bool = True) -> dict:
+    import torch
+
+    version, why = _version(module)
+    if version is None:
+        return _entry(False, reasons=[f"{module} {why} ({hint})"])
+    if needs_cuda and not torch.cuda.is_available():
+        return _entry(False, f"{module} {version}", ["needs a CUDA device"])
+    return _entry(True, f"{module} {version}")
+
+
+def sdpa_status() -> dict:
+    import torch
+
+    out = {"math": _entry(True, "reference kernel, any device")}
+    if not torch.cuda.is_available():
+        why = ["needs a CUDA device"]
+        for name in ("flash", "mem_efficient", "cudnn"):
+            out[name] = _entry(False, reasons=why)
+        out["cpu flash"] = _entry(True, "torch's CPU flash-attention kernel")
+        return out
+    cuda = torch.backends.cuda
+    for name, enabled in (("flash", cuda.flash_sdp_enabled()), ("mem_efficient", cuda.mem_efficient_sdp_enabled()),
+                          ("cudnn", getattr(cuda, "cudnn_sdp_enabled", lambda: False)())):
+        out[name] = _entry(enabled, "enabled" if enabled else "", [] if enabled else ["disabled in torch.backends"])
+    return out
+
+
+def decoder_status() -> dict:
+    return {
+        "decord": optional_library("decord", "pip install decord (x86-64 Linux wheels); PyAV is the fallback",
+                                   needs_cuda=False),
+        "PyAV": optional_library("av", "pip install av", needs_cuda=False),
+    }
+
+
+def fused_ops() -> dict:
+    try:
+        from videomae import ops
+
+        return {"report": ops.backend_report()}
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"videomae.ops failed to import: {type(e).__name__}: {e}"}
+
+
+def attention() -> dict:
+    try:
+        from videomae import attention as attn
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"videomae.attention failed to import: {type(e).__name__}: {e}"}
+    report = getattr(attn, "backend_report", None)
+    if report is None:
+        return {"switch": attn.get_attention_backend()}
+    try:
+        return report()
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"attention backend report failed: {type(e).__name__}: {e}"}
+
+
+def collect() -> dict:
+    return {
+        "versions": versions(),
+        "devices": devices(),
+        "backends": {
+            "triton": triton_status(),
+            "compiled extension (videomae._C)": extension_status(),
+            "flash-attn": optional_library("flash_attn", "pip install flash-attn --no-build-isolation"),
+            "xformers": optional_library("xformers", "pip install xformers"),
+            **{f"SDPA {k}": v for k, v in sdpa_status().items()},
+            **decoder_status(),
+        },
+        "fused ops": fused_ops(),
+        "attention": attention(),
+    }
+
+
+# ---------------------------------------------------------------- text
+
+
+def _line(name: str, entry: dict) -> str:
+    mark = OK if entry["available"] else NO
+    text = f"  {name:<34} {mark:<4}"
+    if entry["detail"]:
+        text += f" {entry['detail']}"
+    if entry["reasons"]:
+        text += ("; " if entry["detail"] else " ") + "; ".join(entry["reasons"])
+    return text.rstrip()
+
+
+def format_report(r: dict) -> str:
+    lines = ["videomae environment", "", "versions"]
+    lines += [f"  {k:<34} {v}" for k, v in r["versions"].items()]
+    d = r["devices"]
+    lines += ["", "devices", f"  {'cpu cores':<34} {d['cpu cores']} (torch threads {d['torch threads']})"]
+    if d["cuda"]:
+        lines += [f"  cuda:{g['index']:<29} {g['name']}, sm {g['capability']}, {g['memory_gib']} GiB, "
+                  f"bf16 {OK if g['bf16'] else NO}" for g in d["cuda"]]
+    else:
+        lines.append(f"  {'cuda':<34} none: {d['cuda_reason']}")
+    lines += ["", "backends (can run here?)"]
+    lines += [_line(name, entry) for name, entry in r["backends"].items()]
+    lines += ["", "fused ops (videomae.ops; auto picks the first that can run a call: cuda > triton > torch)"]
+    ops = r["fused ops"]
+    if "error" in ops:
+        lines.append(f"  {ops['error']}")
+    else:
+        for op, backends in ops["report"].items():
+            for name, e in backends.items():
+                lines.append(_line(f"{op} / {name}", {"available": e["available"], "detail": "",
+                                                      "reasons": e["reasons"]}))
+    lines += ["", "attention"]
+    a = r["attention"]
+    if "error" in a:
+        lines.append(f"  {a['error']}")
+    elif "backends" in a:
+        lines.append(f"  switch {a.get('switch')} (env {a.get('env')}), checked for {a.get('dtype')} on "
+                     f"{a.get('device')}; auto picks: " + ", ".join(f"{k} -> {v}" for k, v in a["auto"].items()))
+        for name, parts in a["backends"].items():
+            ok = all(p["available"] for p in parts.values())
+            reasons = sorted({why for p in parts.values() for why in p["reasons"]})
+            lines.append(_line(name, {"available": ok, "detail": "", "reasons": reasons}))
+    else:
+        lines.append(f"  switch {a.get('switch')}")
+    return "\n".join(lines)
+
+
+def main(as_json: bool = False) -> int:
+    report = collect()
+    if as_json:
+        print(json.dumps(report, indent=1, default=str))
+    else:
+        print(format_report(report))
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,69 @@
+"""PNG figures written at the end of a run (matplotlib, headless Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curve(steps: list[int], values: list[float], ylabel: str, path: str | Path, log_y: bool = False) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    ax.plot(steps, values, lw=1.0, alpha=0.5 if len(values) > 50 else 1.0)
+    if len(values) > 50:  # a moving average makes the trend readable through per-step noise
+        k = max(len(values) // 25, 2)
+        smooth = np.convolve(values, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1:], smooth, lw=2.0)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def training_curves(rows: list[dict], output_dir: str | Path) -> list[Path]:
+    """steps.jsonl rows -> loss.png and lr.png."""
+    rows = [r for r in rows if r.get("loss") is not None]
+    if not rows:
+        return []
+    steps = [r["step"] for r in rows]
+    out = Path(output_dir)
+    return [curve(steps, [r["loss"] for r in rows], "loss", out / "loss.png"),
+            curve(steps, [r["lr"] for r in rows], "learning rate", out / "lr.png")]
+
+
+def confusion_matrix(matrix: np.ndarray, class_names: list[str], path: str | Path) -> Path:
+    """matrix[true, predicted] counts -> row-normalized heat map with the counts written in."""
+    plt = _pyplot()
+    k = len(class_names)
+    size = min(max(4.0, 0.45 * k + 2), 30)
+    fig, ax = plt.subplots(figsize=(size, size), dpi=110)
+    rows = matrix.sum(axis=1, keepdims=True)
+    ax.imshow(matrix / np.maximum(rows, 1), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), class_names, rotation=90 if k > 8 else 45, ha="right" if k <= 8 else "center")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 30:
+        for i in range(k):
+            for j in range(k):
+                if matrix[i, j]:
+                    ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
