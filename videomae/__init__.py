@@ -7,13 +7,17 @@
 """
 
 from videomae import masking
+from videomae.checkpoint import LoadReport, load_checkpoint, save_checkpoint
 from videomae.loss import pixel_loss
 from videomae.models import PretrainVisionTransformer, VisionTransformer
 from videomae.registry import create_model, list_models, register_model
+from videomae.timm_compat import register_if_timm_imported, register_timm_models
 
 __version__ = "0.1.0"
 
+register_if_timm_imported()
+
 __all__ = [
     "PretrainVisionTransformer", "VisionTransformer", "create_model", "list_models", "masking", "pixel_loss",
-    "register_model",
+    "register_model", "LoadReport", "load_checkpoint", "save_checkpoint", "register_timm_models",
 ]
