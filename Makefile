@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q "torch>=2.11"
+	$(PY) -m pip install -q "torch>=2.11" ninja
 	$(PY) -m pip install -q --no-build-isolation -e ".[dev,hf,timm]"
 	touch $(STAMP)
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 import triton
-from videomae.kernels import INTERPRET
 
 import videomae.ops as ops
+from videomae.kernels import INTERPRET
 from videomae.ops import dispatch
 from videomae.ops import testing as T
 from videomae.ops.reference import cube_embed_ref, decoder_input_ref, norm_pix_mse_ref
