@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "torch>=2.11" ninja
-	$(PY) -m pip install -q --no-build-isolation -e ".[dev,hf,timm]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev,hf,timm,decord]"
 	touch $(STAMP)
 
 lint: $(STAMP)
