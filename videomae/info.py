@@ -149,6 +149,18 @@ def attention() -> dict:
         return {"error": f"attention backend report failed: {type(e).__name__}: {e}"}
 
 
+def fast_path() -> dict:
+    """The switches of the fast pretraining step (`videomae.fastpath.FastPathConfig`) and whether each can run."""
+    try:
+        from videomae.fastpath import fastpath_report
+
+        report = fastpath_report()
+    except Exception as e:  # noqa: BLE001 - a broken optional piece must not break `info`
+        return {"error": f"videomae.fastpath failed: {type(e).__name__}: {e}"}
+    report.pop("attention", None)  # shown in its own section
+    return report
+
+
 def collect() -> dict:
     return {
         "versions": versions(),
@@ -163,6 +175,7 @@ def collect() -> dict:
         },
         "fused ops": fused_ops(),
         "attention": attention(),
+        "fast path": fast_path(),
     }
 
 
@@ -213,6 +226,13 @@ def format_report(r: dict) -> str:
             lines.append(_line(name, {"available": ok, "detail": "", "reasons": reasons}))
     else:
         lines.append(f"  switch {a.get('switch')}")
+    lines += ["", "fast path (videomae.fastpath.FastPathConfig defaults; trainer flags --precision, --compile)"]
+    fp = r["fast path"]
+    if "error" in fp:
+        lines.append(f"  {fp['error']}")
+    else:
+        lines += [f"  {k:<34} {v}" for k, v in fp["config"].items()]
+        lines += [f"  {k + ' here':<34} {v}" for k, v in fp.items() if k != "config"]
     return "\n".join(lines)
 
 
