@@ -457,17 +457,6 @@ CUBE_CASES = [  # B, C, T, H, W, tubelet, patch, D, ratio
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
-@pytest.fixture
-def no_tf32():
-    # fp32 like for like: no TF32 in the reference conv / matmul nor in the extension's cuBLAS calls.
-    prev = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
-    yield
-    torch.backends.cudnn.allow_tf32 = prev[0]
-    torch.set_float32_matmul_precision(prev[1])
-
-
 def check_2x(name, out, ref, oracle):
     """flash-attention's rule: error to the fp64 oracle at most twice PyTorch's own in the same dtype (+ the floor
     of tests/tolerances.py for outputs PyTorch happens to get exact)."""

@@ -53,14 +53,8 @@ def _grads(out, inputs, seed=0):
 
 
 @pytest.fixture(autouse=True)
-def _highest_precision():
-    # fp32 is compared like for like: no TF32 in the reference conv / matmul nor in the kernels.
-    prev = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
-    yield
-    torch.backends.cudnn.allow_tf32 = prev[0]
-    torch.set_float32_matmul_precision(prev[1])
+def _highest_precision(no_tf32):
+    """Every test here compares fp32 like for like (the `no_tf32` fixture of conftest.py)."""
 
 
 @pytest.mark.parametrize("backend", FUSED)
