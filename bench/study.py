@@ -72,8 +72,9 @@ class Config:
     name: str
     # data: the synthetic dataset (64x64, 32 frames), decoded once and resized to `cache_size`
     num_train: int = 480
-    num_val: int = 160
+    num_val: int = 320
     cache_size: int = 40
+    style: str = "smooth"  # the synthetic dataset's look (`videomae.data.synth.STYLES`)
     # clips and model: 8 frames x 32x32, cubes 2x8x8 -> a 4 x 4 x 4 token grid
     input_size: int = 32
     num_frames: int = 8
@@ -84,7 +85,7 @@ class Config:
     decoder_depth: int = 1
     normalize_target: bool = True
     # pretraining (official recipe except lr and length: a miniature needs a larger lr to move at all)
-    pretrain_epochs: int = 30
+    pretrain_epochs: int = 100
     pretrain_batch: int = 32
     pretrain_lr: float = 1e-3
     # fine-tuning: the same number of optimizer steps whatever the subset size, i.e. the same budget
@@ -137,12 +138,12 @@ def _square(frames: np.ndarray, size: int) -> torch.Tensor:
 def load_clips(cfg: Config, cache: Path) -> dict:
     """{'train', 'val': uint8 [N, T, 3, S, S], 'train_labels', 'val_labels': int64 [N],
     'real': uint8 [R, T', 3, S, S] or None}, decoded on first use and cached in one .pt file."""
-    synth = dict(num_train=cfg.num_train, num_val=cfg.num_val)
-    name = f"clips_t{cfg.num_train}_v{cfg.num_val}_s{cfg.cache_size}_r{cfg.real_windows}.pt"
+    synth = dict(num_train=cfg.num_train, num_val=cfg.num_val, style=cfg.style)
+    name = f"clips_{cfg.style}_t{cfg.num_train}_v{cfg.num_val}_s{cfg.cache_size}_r{cfg.real_windows}.pt"
     path = cache / name
     if path.is_file():
         return torch.load(path, weights_only=True)
-    lists = ensure_synthetic_dataset(cache / f"synth_t{cfg.num_train}_v{cfg.num_val}", **synth)
+    lists = ensure_synthetic_dataset(cache / f"synth_{cfg.style}_t{cfg.num_train}_v{cfg.num_val}", **synth)
     out = {}
     for split in ("train", "val"):
         records = read_list(lists[split], root=lists["root"])
@@ -259,6 +260,9 @@ def pretrain(cfg: Config, data: dict, mask_type: str, ratio: float, seed: int, d
     trainer = _trainer(model, cfg.pretrain_lr, (0.9, 0.95), steps, None, device)
     grid, pos, losses = token_grid(cfg), Position(), []
     init_psnr = masked_psnr(model, data["val_clips"], mask_type, ratio, cfg, device)["psnr"]
+    probes = "train_labels" in data  # the sanity data has no labels
+    if probes:
+        init_probe = linear_probe(cfg, data, model.state_dict(), device)
 
     def loss_fn(batch):
         clips, mask = batch[0].to(device), batch[1].to(device)
@@ -278,7 +282,22 @@ def pretrain(cfg: Config, data: dict, mask_type: str, ratio: float, seed: int, d
              "pretrain_s": time.perf_counter() - t0, "pretrain_epoch_s": first_epoch_s}
     model.eval()
     stats.update(reconstruction_stats(model, cfg, data, mask_type, ratio, device))
+    if probes:
+        stats.update({k.replace("probe_top1", "probe_top1_init"): v for k, v in init_probe.items()})
+        stats.update(linear_probe(cfg, data, model.state_dict(), device))
     return {k: v.cpu() for k, v in model.state_dict().items()}, stats
+
+
+def classifier(cfg: Config, pretrain_state: dict | None, drop_path: float = 0.0):
+    """The classifier, initialized from a pretraining model's state when given (else its own init)."""
+    model = create_model("vit_tiny_patch16_224", **_model_kw(cfg), depth=cfg.depth, num_classes=8,
+                         drop_path_rate=drop_path)
+    if pretrain_state is not None:
+        # Official fine-tuning init: `encoder.` stripped, decoder and encoder norm dropped.
+        report = load_checkpoint(model, {"model": pretrain_state})
+        if report.unexpected or any(not k.startswith(("fc_norm.", "head.")) for k in report.missing):
+            raise RuntimeError(f"pretrained encoder does not fit the classifier:\n{report}")
+    return model
 
 
 def finetune(cfg: Config, data: dict, train_videos: int, seed: int, device, pretrain_state: dict | None) -> dict:
@@ -286,14 +305,7 @@ def finetune(cfg: Config, data: dict, train_videos: int, seed: int, device, pret
     for `finetune_steps` steps -> {'top1', 'train_loss', 'finetune_s'} on the whole val split."""
     torch.manual_seed(seed)
     rng = np.random.default_rng((seed, 2, train_videos))
-    model = create_model("vit_tiny_patch16_224", **_model_kw(cfg), depth=cfg.depth, num_classes=8,
-                         drop_path_rate=cfg.drop_path)
-    if pretrain_state is not None:
-        # Official fine-tuning init: `encoder.` stripped, decoder and encoder norm dropped.
-        report = load_checkpoint(model, {"model": pretrain_state})
-        if report.unexpected or any(not k.startswith(("fc_norm.", "head.")) for k in report.missing):
-            raise RuntimeError(f"pretrained encoder does not fit the classifier:\n{report}")
-    model.to(device)
+    model = classifier(cfg, pretrain_state, cfg.drop_path).to(device)
     videos, labels = data["train"][:train_videos], data["train_labels"][:train_videos]
     layer_decay = cfg.layer_decay if pretrain_state is not None else None
     trainer = _trainer(model, cfg.finetune_lr, (0.9, 0.999), cfg.finetune_steps, layer_decay, device)
@@ -312,6 +324,48 @@ def finetune(cfg: Config, data: dict, train_videos: int, seed: int, device, pret
         losses.append(trainer.step([(finetune_batch(videos, idx, cfg, rng), labels[idx])], loss_fn, pos)["loss"])
     return {"top1": evaluate(model, data["val_clips"], data["val_labels"], device),
             "train_loss": float(np.mean(losses[-10:])), "finetune_s": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def slice_features(model, clips: torch.Tensor, device, batch: int = 64) -> torch.Tensor:
+    """Frozen encoder features: the last block's tokens averaged per temporal slice -> [N, T' * D].
+    Pooling per slice keeps the slices' order, which is where the motion (the class) lives."""
+    model.eval()
+    out = []
+    for i in range(0, len(clips), batch):
+        x = clips[i:i + batch].to(device)
+        grid = model.patch_embed.grid(x.shape)
+        tokens = model.patch_embed(x)
+        tokens = tokens + model.pos(grid).type_as(tokens)
+        for block in model.blocks:
+            tokens = block(tokens)
+        out.append(tokens.reshape(len(x), grid[0], grid[1] * grid[2], -1).mean(2).flatten(1).cpu())
+    return torch.cat(out)
+
+
+def linear_probe(cfg: Config, data: dict, pretrain_state: dict, device) -> dict:
+    """Top-1 (%) of a linear classifier on frozen `slice_features` of the centered view, trained on the
+    first n train videos for every n of `train_sizes` -> {'probe_top1_<n>': top-1}. Zero init, full batch,
+    fixed steps and weight decay (nothing tuned on val), so the numbers depend on the features alone."""
+    with torch.random.fork_rng(devices=[]):  # the classifier's init must not shift the caller's stream
+        model = classifier(cfg, pretrain_state).to(device)
+    train, val = slice_features(model, data["train_clips"], device), slice_features(model, data["val_clips"], device)
+    out = {}
+    for n in cfg.train_sizes:
+        x, y = train[:n], data["train_labels"][:n]
+        mean, std = x.mean(0), x.std(0) + 1e-6
+        head = torch.nn.Linear(x.shape[1], 8)
+        torch.nn.init.zeros_(head.weight), torch.nn.init.zeros_(head.bias)
+        opt = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-3)
+        with torch.enable_grad():
+            for _ in range(300):
+                opt.zero_grad()
+                F.cross_entropy(head((x - mean) / std), y).backward()
+                opt.step()
+        with torch.no_grad():
+            pred = head((val - mean) / std).argmax(-1)
+        out[f"probe_top1_{n}"] = 100.0 * float((pred == data["val_labels"]).float().mean())
+    return out
 
 
 @torch.no_grad()
@@ -410,6 +464,7 @@ def _init_worker(cfg: Config, cache: str, threads: int) -> None:
     torch.set_num_threads(threads)
     data = load_clips(cfg, Path(cache))
     data["val_clips"] = eval_clips(data["val"], cfg)
+    data["train_clips"] = eval_clips(data["train"], cfg)
     data["real_clips"] = eval_clips(data["real"], cfg) if data.get("real") is not None else None
     data["smooth"] = {"train": smooth_motion(cfg.num_train, 0, size=cfg.cache_size), "real_clips": None,
                       "val_clips": eval_clips(smooth_motion(cfg.num_val, 1, size=cfg.cache_size), cfg)}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from videomae.data.lists import read_list
-from videomae.data.synth import CLASSES, ensure_synthetic_dataset, render_clip, write_synthetic_dataset
+from videomae.data.synth import CLASSES, STYLES, ensure_synthetic_dataset, render_clip, write_synthetic_dataset
 
 
 def decode_all(path):
@@ -129,14 +129,35 @@ def loo_nearest_centroid(features, labels):
     return hits / len(labels)
 
 
-def test_classes_differ_by_motion_not_by_first_frame():
+@pytest.mark.parametrize("style", STYLES)
+def test_classes_differ_by_motion_not_by_first_frame(style):
     clips, labels = [], []
     for c in range(len(CLASSES)):
         for k in range(12):
-            clips.append(render_clip(c, 16, 48, np.random.default_rng((c, k))))
+            clips.append(render_clip(c, 16, 48, np.random.default_rng((c, k)), style))
             labels.append(c)
     labels = np.array(labels)
     motion_acc = np.mean([motion_class(x) == y for x, y in zip(clips, labels)])
     static_acc = loo_nearest_centroid(np.stack([first_frame_features(x) for x in clips]), labels)
     assert motion_acc >= 0.75, motion_acc  # chance is 1/8
     assert static_acc <= 0.3, static_acc  # first frames carry no class information (chance 0.125)
+
+
+def test_smooth_style_is_low_frequency_and_checked(tmp_path):
+    # Texture: gratings of 2-8 cycles; smooth: a ramp plus at most 1.5 cycles. Compare the mean absolute
+    # pixel step of the first frame away from shape edges (the median ignores the few edge pixels).
+    def median_step(style):
+        steps = []
+        for k in range(16):
+            f = render_clip(k % 8, 2, 64, np.random.default_rng((9, k)), style)[0].astype(np.float64)
+            steps.append(np.median(np.abs(np.diff(f, axis=1))))
+        return float(np.mean(steps))
+
+    texture, smooth = median_step("texture"), median_step("smooth")
+    assert smooth < 2.0 < 6.0 < texture, (smooth, texture)  # steps in 0..255 units per pixel
+    with pytest.raises(ValueError, match="style"):
+        render_clip(0, 2, 32, np.random.default_rng(0), "stripes")
+    with pytest.raises(ValueError, match="style"):
+        write_synthetic_dataset(tmp_path, num_train=1, num_val=0, num_frames=2, size=32, style="flat")
+    paths = ensure_synthetic_dataset(tmp_path / "s", num_train=1, num_val=0, num_frames=4, size=32, style="smooth")
+    assert json.loads((paths["root"] / "meta.json").read_text())["style"] == "smooth"

@@ -31,6 +31,7 @@ import numpy as np
 
 CLASSES = ("left", "right", "up", "down", "rotate_cw", "rotate_ccw", "approach", "recede")
 SHAPES = ("disk", "square", "triangle", "cross")
+STYLES = ("texture", "smooth")
 FORMAT_VERSION = 1
 
 
@@ -46,6 +47,7 @@ class SynthParams:
     seed: int = 0
     crf: int = 18
     gop: int = 32
+    style: str = "texture"
     version: int = FORMAT_VERSION
 
 
@@ -77,6 +79,22 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         grating = 0.5 + 0.5 * (cy[:, None] * sx[None, :] + sy[:, None] * cx[None, :])
         img += grating[..., None] * rng.uniform(0.1, 0.45, size=3)
     return np.clip(img + rng.uniform(0.0, 0.2, size=3), 0.0, 1.0).astype(np.float32)
+
+
+def _smooth_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A static low-frequency background: a color ramp plus one grating of at most 1.5 cycles
+    per frame -> [H, W, 3] float in [0, 1]. Every cube of it is predictable from its neighbours."""
+    scale = max(h, w)
+    ys, xs = np.arange(h) / scale, np.arange(w) / scale
+    base, ramp_y, ramp_x = (rng.uniform(0.15, 0.85, size=3) for _ in range(3))
+    img = base + 0.6 * ((ramp_y - base) * ys[:, None, None] + (ramp_x - base) * xs[None, :, None])
+    angle, freq, phase = rng.uniform(0, np.pi), rng.uniform(0.5, 1.5), rng.uniform(0, 2 * np.pi)
+    kx, ky = 2 * np.pi * freq * math.cos(angle), 2 * np.pi * freq * math.sin(angle)
+    sx, cx = _sin(kx * xs + phase), _sin(kx * xs + phase + np.pi / 2)
+    sy, cy = _sin(ky * ys), _sin(ky * ys + np.pi / 2)
+    grating = cy[:, None] * sx[None, :] + sy[:, None] * cx[None, :]
+    img = img + 0.15 * grating[..., None] * rng.uniform(-1.0, 1.0, size=3)
+    return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
 def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -121,10 +139,16 @@ def _motion(label: int, num_frames: int, h: int, w: int, rng: np.random.Generato
     return cy, cx, angle, radius
 
 
-def render_clip(label: int, num_frames: int, size: int | tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """One clip of class `label` -> uint8 [T, H, W, 3]."""
+def render_clip(label: int, num_frames: int, size: int | tuple[int, int], rng: np.random.Generator,
+                style: str = "texture") -> np.ndarray:
+    """One clip of class `label` -> uint8 [T, H, W, 3].
+
+    `style`: "texture" (gratings of 2-8 cycles behind shapes with 3-6 stripes) or "smooth" (a
+    low-frequency background behind two-tone shapes, split once through their center)."""
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     h, w = _hw(size)
-    bg = _background(rng, h, w)
+    bg = _background(rng, h, w) if style == "texture" else _smooth_background(rng, h, w)
     shape = SHAPES[rng.integers(len(SHAPES))]
     color_a = rng.uniform(0.0, 1.0, size=3).astype(np.float32)
     color_b = rng.uniform(0.0, 1.0, size=3).astype(np.float32)
@@ -143,8 +167,11 @@ def render_clip(label: int, num_frames: int, size: int | tuple[int, int], rng: n
         inside = _inside(shape, u, v)
         # Stripes live in the shape's own coordinates, so they move, turn and scale with it
         # (floor, not sin: exact arithmetic keeps the pixels a function of the seed alone).
-        phase = stripe_freq * (u * math.cos(stripe_angle) + v * math.sin(stripe_angle))
-        stripes = (np.floor(phase) % 2 == 0)[..., None]
+        phase = u * math.cos(stripe_angle) + v * math.sin(stripe_angle)
+        if style == "texture":
+            stripes = (np.floor(stripe_freq * phase) % 2 == 0)[..., None]
+        else:  # one split: the orientation stays visible, on the disk too
+            stripes = (phase >= 0)[..., None]
         fg = np.where(stripes, color_a, color_b)
         frame = np.where(inside[..., None], fg, bg)
         out[i] = (frame * 255.0 + 0.5).astype(np.uint8)
@@ -185,14 +212,17 @@ def write_synthetic_dataset(
     seed: int = 0,
     crf: int = 18,
     gop: int = 32,
+    style: str = "texture",
 ) -> dict[str, Path]:
     """Write the dataset (balanced classes, round robin) and return its paths.
 
     -> {'root', 'train', 'val', 'classes'}; list lines are `videos/train_00000.mp4 <label>`.
     Same arguments, same pixels: every clip draws from its own `SeedSequence((seed, split, i))`.
     """
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     params = SynthParams(num_train, num_val, num_frames, size if isinstance(size, int) else tuple(size), fps, seed,
-                         crf, gop)
+                         crf, gop, style)
     root = Path(root)
     (root / "videos").mkdir(parents=True, exist_ok=True)
     for split_id, (split, count) in enumerate((("train", num_train), ("val", num_val))):
@@ -201,7 +231,7 @@ def write_synthetic_dataset(
             label = i % len(CLASSES)
             rng = np.random.default_rng(np.random.SeedSequence((seed, split_id, i)))
             rel = f"videos/{split}_{i:05d}.mp4"
-            write_mp4(root / rel, render_clip(label, num_frames, size, rng), fps=fps, crf=crf, gop=gop)
+            write_mp4(root / rel, render_clip(label, num_frames, size, rng, style), fps=fps, crf=crf, gop=gop)
             lines.append(f"{rel} {label}\n")
         (root / f"{split}.txt").write_text("".join(lines))
     (root / "classes.txt").write_text("".join(f"{name}\n" for name in CLASSES))
@@ -220,6 +250,7 @@ def ensure_synthetic_dataset(root: str | Path, **kwargs) -> dict[str, Path]:
         found = json.loads(meta.read_text())
         if isinstance(found.get("size"), list):
             found["size"] = tuple(found["size"])
+        found.setdefault("style", "texture")  # written before styles existed
         if found == wanted:
             return {"root": root, "train": root / "train.txt", "val": root / "val.txt",
                     "classes": root / "classes.txt"}
