@@ -62,7 +62,7 @@ from videomae.masking import make_mask
 from videomae.train.engine import Position, Precision, Trainer
 from videomae.train.optim import build_optimizer
 from videomae.train.schedule import cosine_schedule
-from videomae.visualize import reconstruct
+from videomae.visualize import reconstruct, unnormalize
 
 PSNR_SEED = 1234  # one fixed set of held-out masks per mask type, shared by every model
 
@@ -101,6 +101,8 @@ class Config:
     ablation_videos: int = 480
     maskings: tuple[tuple[str, float], ...] = (("tube", 0.9), ("random", 0.9), ("frame", 0.9),
                                                ("tube", 0.75), ("tube", 0.95))
+    # maskings whose pretrained encoders are fine-tuned at every training-set size (the rest: ablation_videos)
+    efficiency_maskings: tuple[tuple[str, float], ...] = (("tube", 0.9), ("frame", 0.9))
     seeds: tuple[int, ...] = (0, 1, 2)
     real_windows: int = 4  # clips cut from each real video
     workers: int = 2
@@ -110,7 +112,8 @@ class Config:
 CONFIGS = {
     "smoke": Config("smoke", num_train=24, num_val=16, pretrain_epochs=40, pretrain_batch=8, finetune_steps=8,
                     finetune_batch=8, train_sizes=(8, 24), ablation_videos=8,
-                    maskings=(("tube", 0.9), ("random", 0.9)), seeds=(0,), real_windows=1, workers=1),
+                    maskings=(("tube", 0.9), ("random", 0.9)), efficiency_maskings=(("tube", 0.9),), seeds=(0,),
+                    real_windows=1, workers=1),
     "cpu": Config("cpu"),
     "gpu": Config("gpu", num_train=2400, num_val=800, cache_size=72, input_size=64, num_frames=16,
                   sampling_rate=2, depth=4, decoder_depth=2, pretrain_epochs=200, pretrain_batch=64,
@@ -402,6 +405,44 @@ def masked_psnr(model, clips: torch.Tensor, mask_type: str, ratio: float, cfg: C
             "psnr_visible_baseline": 10 * math.log10(count / vis), "norm_mse": norm / len(clips)}
 
 
+@torch.no_grad()
+def copy_psnr(clips: torch.Tensor, mask_type: str, ratio: float, cfg: Config) -> dict:
+    """Model-free: every masked cube copied from the nearest visible cube at the same spatial position
+    in another temporal slice (the earlier one on a tie), the cube's own mean color where the whole tube
+    is masked -> {'psnr', 'covered'} (covered: the fraction of masked cubes that had a slice to copy).
+    High PSNR here means the clips are temporally redundant: a masked cube is mostly a visible one again."""
+    gen = torch.Generator().manual_seed(PSNR_SEED)  # the same masks as `masked_psnr`
+    mask = make_mask(mask_type, len(clips), token_grid(cfg), ratio, gen)
+    t = token_grid(cfg)[0]
+    cubes = patchify(unnormalize(clips), cfg.tubelet_size, cfg.patch_size)  # [B, N, t*p*p, 3]
+    cubes = cubes.reshape(len(clips), t, -1, *cubes.shape[2:])  # [B, T', S, t*p*p, 3]
+    masked = mask.reshape(len(clips), t, -1)  # [B, T', S]
+    pred = cubes.mean(dim=3, keepdim=True).expand_as(cubes).clone()  # fallback: the cube's mean color
+    best = torch.full(masked.shape, t + 1)
+    for src in range(t):
+        for dst in range(t):
+            better = masked[:, dst] & ~masked[:, src] & (abs(src - dst) < best[:, dst])
+            pred[:, dst][better] = cubes[:, src][better]
+            best[:, dst][better] = abs(src - dst)
+    err = ((pred - cubes) ** 2)[masked].mean()
+    return {"psnr": 10 * math.log10(1 / float(err)), "covered": float((best[masked] <= t).float().mean())}
+
+
+def model_free_baselines(cfg: Config, cache: Path) -> dict:
+    """`copy_psnr` for every masking on the held-out synthetic clips and the real footage."""
+    data = load_clips(cfg, cache)
+    data = {"val_clips": eval_clips(data["val"], cfg),
+            "real_clips": eval_clips(data["real"], cfg) if data.get("real") is not None else None}
+    out = {}
+    for mask_type, ratio in cfg.maskings:
+        for split in ("val", "real"):
+            clips = data.get(f"{split}_clips")
+            if clips is not None:
+                for k, v in copy_psnr(clips, mask_type, ratio, cfg).items():
+                    out[f"{mask_type} {ratio} {split} copy_{k}"] = v
+    return out
+
+
 def reconstruction_stats(model, cfg: Config, data: dict, mask_type: str, ratio: float, device) -> dict:
     """Held-out synthetic clips and real footage under the model's own masking, plus synthetic clips
     under tube 0.9 (one protocol for every model)."""
@@ -446,10 +487,10 @@ def plan(cfg: Config) -> list[dict]:
             key = task_key("pretrain", "videomae", mask_type, ratio, 0, seed)
             tasks.append({"key": key, "kind": "pretrain", "mask_type": mask_type, "mask_ratio": ratio,
                           "seed": seed, "after": None})
-            head = (mask_type, ratio) == cfg.maskings[0]
+            sweep = (mask_type, ratio) in cfg.efficiency_maskings
             tasks += [finetune_task("videomae", mask_type, ratio, n, seed, key)
-                      for n in (cfg.train_sizes if head else (cfg.ablation_videos,))]
-            if head:
+                      for n in (cfg.train_sizes if sweep else (cfg.ablation_videos,))]
+            if (mask_type, ratio) == cfg.maskings[0]:
                 tasks += [finetune_task(init, None, None, n, seed, None)
                           for init in ("scratch", "untrained") for n in cfg.train_sizes]
         tasks.append({"key": task_key("sanity", "videomae", "tube", 0.9, 0, seed), "kind": "sanity",
@@ -506,7 +547,7 @@ def run_task(task: dict) -> dict:
 
 
 # Settings that only choose which runs make up the study (or how many run at once), not their results.
-PLAN_FIELDS = ("train_sizes", "ablation_videos", "maskings", "seeds", "workers")
+PLAN_FIELDS = ("train_sizes", "ablation_videos", "maskings", "efficiency_maskings", "seeds", "workers")
 
 
 def _comparable(config: dict) -> dict:
@@ -534,7 +575,7 @@ def run_study(cfg: Config, out: Path, cache: Path, time_limit_min: float | None,
     t_start = time.perf_counter()
     shared = {"config": cfg.name, "git_sha": git_sha(), "torch": torch.__version__,
               "host": f"{platform.machine()}, {mp.cpu_count()} cpus, {cfg.workers} worker(s) x 1 torch thread"}
-    load_clips(cfg, cache)  # decode (or find) the cache once, before workers start
+    baselines = model_free_baselines(cfg, cache)  # also decodes (or finds) the clip cache before workers start
     rows, before = previous_rows(cfg, out, cache) if resume else ([], {})
     before_min = before.get("elapsed_min", 0.0)
     done, failed = {row_key(r) for r in rows}, []
@@ -546,7 +587,7 @@ def run_study(cfg: Config, out: Path, cache: Path, time_limit_min: float | None,
         rows.append({**row, **shared})
         done.add(task["key"])
         state["elapsed_min"] = before_min + (time.perf_counter() - t_start) / 60
-        write_results(cfg, rows, out, {**state, "status": "running"})
+        write_results(cfg, rows, out, {**state, "status": "running"}, baselines)
         print(f"[{state['elapsed_min']:5.1f} min] {task['key']}: " + ", ".join(
             f"{k}={v:.3g}" for k, v in row.items() if isinstance(v, float)), flush=True)
 
@@ -591,7 +632,8 @@ def run_study(cfg: Config, out: Path, cache: Path, time_limit_min: float | None,
                         print(f"FAILED {task['key']}: {err!r}", flush=True)
     state["elapsed_min"] = before_min + (time.perf_counter() - t_start) / 60
     complete = all(t["key"] in done for t in tasks)
-    write_results(cfg, rows, out, {**state, "status": "complete" if complete else "partial", "failed": failed})
+    write_results(cfg, rows, out, {**state, "status": "complete" if complete else "partial", "failed": failed},
+                  baselines)
     study_plots.plot(rows, cfg, out)
     return rows
 
@@ -607,13 +649,13 @@ def git_sha() -> str:
         return "unknown"
 
 
-def write_results(cfg: Config, rows: list[dict], out: Path, state: dict) -> None:
+def write_results(cfg: Config, rows: list[dict], out: Path, state: dict, baselines: dict | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"config": dataclasses.asdict(cfg), "state": state, "rows": rows}
+    doc = {"config": dataclasses.asdict(cfg), "state": state, "baselines": baselines or {}, "rows": rows}
     tmp = out / "study.json.tmp"
     tmp.write_text(json.dumps(doc, indent=1))
     tmp.replace(out / "study.json")
-    (out / "study.md").write_text(study_plots.markdown(rows, cfg, state))
+    (out / "study.md").write_text(study_plots.markdown(rows, cfg, state, baselines or {}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -634,9 +676,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = CONFIGS[args.config]
     if args.replot:
         doc = json.loads((args.out / "study.json").read_text())
-        cfg = dataclasses.replace(cfg, **{k: tuple(map(tuple, v)) if k == "maskings" else
+        cfg = dataclasses.replace(cfg, **{k: tuple(map(tuple, v)) if k.endswith("maskings") else
                                           tuple(v) if isinstance(v, list) else v for k, v in doc["config"].items()})
-        write_results(cfg, doc["rows"], args.out, doc["state"])
+        baselines = doc.get("baselines") or model_free_baselines(cfg, args.cache)
+        write_results(cfg, doc["rows"], args.out, doc["state"], baselines)
         study_plots.plot(doc["rows"], cfg, args.out)
         return 0
     if args.workers is not None:

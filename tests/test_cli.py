@@ -209,9 +209,15 @@ def test_info_json_is_machine_readable(capsys):
 def test_data_synth_writes_a_dataset(tmp_path, capsys):
     out = tmp_path / "synth"
     code, stdout, _ = run_main(["data", "synth", "--output_dir", str(out), "--num_train", "2", "--num_val", "1",
-                                "--num_frames", "4", "--size", "32"], capsys)
+                                "--num_frames", "4", "--size", "32", "--style", "smooth"], capsys)
     assert code == 0 and str(out) in stdout
     assert len((out / "train.txt").read_text().splitlines()) == 2 and (out / "videos" / "val_00000.mp4").stat().st_size
+    assert json.loads((out / "meta.json").read_text())["style"] == "smooth"
+
+
+def test_data_synth_rejects_unknown_styles(tmp_path, capsys):
+    code, _, err = run_main(["data", "synth", "--output_dir", str(tmp_path), "--style", "noise"], capsys)
+    assert_one_line_error(code, err, "--style")
 
 
 def test_data_synth_rejects_odd_sizes(tmp_path, capsys):

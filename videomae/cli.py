@@ -247,6 +247,9 @@ def build_parser() -> Parser:
     flag(s, "--size", type=int, default=64, help="frame height and width (even)")
     flag(s, "--fps", type=int, default=25, help="frames per second")
     flag(s, "--seed", type=int, default=0, help="seed (same seed, same pixels)")
+    flag(s, "--style", choices=("texture", "smooth"), default="texture",
+         help="texture: gratings and striped shapes; smooth: low-frequency backgrounds and two-tone shapes, "
+         "whose masked cubes are predictable from their neighbours (what bench/study.py uses)")
     return root
 
 
@@ -522,7 +525,8 @@ def run_data(args) -> int:
     if args.size % 2:
         raise UsageError(f"videomae data synth: error: --size must be even (H.264 yuv420p), got {args.size}")
     paths = write_synthetic_dataset(args.output_dir, num_train=args.num_train, num_val=args.num_val,
-                                    num_frames=args.num_frames, size=args.size, fps=args.fps, seed=args.seed)
+                                    num_frames=args.num_frames, size=args.size, fps=args.fps, seed=args.seed,
+                                    style=args.style)
     print("wrote " + ", ".join(f"{k}: {v}" for k, v in paths.items()))
     return 0
 
