@@ -330,19 +330,15 @@ def finetune(cfg: Config, data: dict, train_videos: int, seed: int, device, pret
 
 
 @torch.no_grad()
-def slice_features(model, clips: torch.Tensor, device, batch: int = 64) -> torch.Tensor:
+def slice_features(model, clips: torch.Tensor, cfg: Config, device, batch: int = 64) -> torch.Tensor:
     """Frozen encoder features: the last block's tokens averaged per temporal slice -> [N, T' * D].
     Pooling per slice keeps the slices' order, which is where the motion (the class) lives."""
     model.eval()
     out = []
     for i in range(0, len(clips), batch):
         x = clips[i:i + batch].to(device)
-        grid = model.patch_embed.grid(x.shape)
-        tokens = model.patch_embed(x)
-        tokens = tokens + model.pos(grid).type_as(tokens)
-        for block in model.blocks:
-            tokens = block(tokens)
-        out.append(tokens.reshape(len(x), grid[0], grid[1] * grid[2], -1).mean(2).flatten(1).cpu())
+        tokens = model.forward_tokens(x)  # [B, T' * H' * W', D]
+        out.append(tokens.reshape(len(x), token_grid(cfg)[0], -1, tokens.shape[-1]).mean(2).flatten(1).cpu())
     return torch.cat(out)
 
 
@@ -352,7 +348,7 @@ def linear_probe(cfg: Config, data: dict, pretrain_state: dict, device) -> dict:
     fixed steps and weight decay (nothing tuned on val), so the numbers depend on the features alone."""
     with torch.random.fork_rng(devices=[]):  # the classifier's init must not shift the caller's stream
         model = classifier(cfg, pretrain_state).to(device)
-    train, val = slice_features(model, data["train_clips"], device), slice_features(model, data["val_clips"], device)
+    train, val = (slice_features(model, data[f"{split}_clips"], cfg, device) for split in ("train", "val"))
     out = {}
     for n in cfg.train_sizes:
         x, y = train[:n], data["train_labels"][:n]

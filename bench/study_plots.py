@@ -282,6 +282,17 @@ def _checks(pre: list[dict], ft: list[dict], cfg, baselines: dict | None = None)
     return out or ["- (no finished runs yet)"]
 
 
+def _curve(ax, sizes, per_size: list[list[float]], label: str, color: str) -> None:
+    """Seeds as dots and their mean as a line over training-set sizes; `per_size[i]`: one value per seed."""
+    xs, means = [], []
+    for n, vals in zip(sizes, per_size):
+        ax.scatter([n] * len(vals), vals, color=color, s=14, alpha=0.6)
+        if vals:
+            xs.append(n)
+            means.append(np.mean(vals))
+    ax.plot(xs, means, "o-", color=color, label=label)
+
+
 def plot(rows: list[dict], cfg, out: Path) -> list[Path]:
     """study_data_efficiency.png and study_masking.png; individual seeds as dots, means as lines/bars."""
     import matplotlib
@@ -302,27 +313,15 @@ def plot(rows: list[dict], cfg, out: Path) -> list[Path]:
                "tab:green")] + [(f"after {match['mask_type']} {match['mask_ratio']} pretraining", "probe_top1",
                                  match, color) for _, match, color in sweeps]
     for label, key, match, color in probes:
-        xs, means = [], []
-        for n in cfg.train_sizes:
-            vals = _values(pre, f"{key}_{n}", **match)
-            probe_ax.scatter([n] * len(vals), vals, color=color, s=14, alpha=0.6)
-            if vals:
-                xs.append(n)
-                means.append(np.mean(vals))
-        probe_ax.plot(xs, means, "o-", color=color, label=label)
+        _curve(probe_ax, cfg.train_sizes, [_values(pre, f"{key}_{n}", **match) for n in cfg.train_sizes], label,
+               color)
     probe_ax.axhline(CHANCE, color="k", lw=0.8, ls=":", label="chance")
     probe_ax.set_title("Linear probe on frozen features", fontsize=10)
     for label, match, color in (("scratch", dict(init="scratch"), "tab:gray"),
                                 ("untrained encoder (control)", dict(init="untrained"), "tab:green"),
                                 *((label, dict(init="videomae", **m), color) for label, m, color in sweeps)):
-        xs, means = [], []
-        for n in cfg.train_sizes:
-            vals = _values(ft, "top1", train_videos=n, **match)
-            ax.scatter([n] * len(vals), vals, color=color, s=14, alpha=0.6)
-            if vals:
-                xs.append(n)
-                means.append(np.mean(vals))
-        ax.plot(xs, means, "o-", color=color, label=label)
+        _curve(ax, cfg.train_sizes, [_values(ft, "top1", train_videos=n, **match) for n in cfg.train_sizes], label,
+               color)
     ax.axhline(CHANCE, color="k", lw=0.8, ls=":", label="chance")
     ax.set_title(f"Fine-tuned ({cfg.finetune_steps} steps each)", fontsize=10)
     for a in (ax, probe_ax):

@@ -85,13 +85,16 @@ class VisionTransformer(nn.Module):
             return table_for_grid(self.pos_embed, self.grid, grid, learnable=True)
         return table_for_grid(self.pos_table, self.grid, grid, learnable=False)
 
-    def forward_features(self, videos: torch.Tensor) -> torch.Tensor:
-        """videos: [B, C, T, H, W] -> pooled features [B, D]"""
+    def forward_tokens(self, videos: torch.Tensor) -> torch.Tensor:
+        """videos: [B, C, T, H, W] -> the last block's tokens [B, N, D], (t, h, w) raster order"""
         grid = self.patch_embed.grid(videos.shape)
         x = self.patch_embed(videos)
         x = self.pos_drop(x + self.pos(grid).type_as(x))
-        x = run_blocks(self.blocks, x, self.use_checkpoint)
-        return self.fc_norm(x.mean(dim=1))
+        return run_blocks(self.blocks, x, self.use_checkpoint)
+
+    def forward_features(self, videos: torch.Tensor) -> torch.Tensor:
+        """videos: [B, C, T, H, W] -> pooled features [B, D]"""
+        return self.fc_norm(self.forward_tokens(videos).mean(dim=1))
 
     def forward(self, videos: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc_dropout(self.forward_features(videos)))
