@@ -10,6 +10,7 @@ same number of True per sample, drawn from `generator` when one is given.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -121,3 +122,53 @@ def check_mask(mask: torch.Tensor, batch: int, num_tokens: int, name: str = "mas
     if batch and bool((counts != counts[0]).any()):
         raise ValueError(f"{name} must mask the same number of tokens in every sample, got counts {counts.tolist()}")
     return int(counts[0]) if batch else 0
+
+
+class TokenIds(NamedTuple):
+    """The index form of a batch's masks: what the model and the fused ops take in a training step.
+
+    Made on the CPU where the masks are made (the loader's collate), validated there once, and shipped in
+    pinned memory: every shape below is static, so a step needs no host sync, `torch.compile(fullgraph=True)`
+    traces it and a CUDA graph can capture it. The counts are Python ints: `visible.shape[1]`, `decoded.shape[1]`.
+
+    visible: [B, N_vis] int64 token ids the encoder sees, raster order
+    decoded: [B, N_dec] int64 token ids the decoder reconstructs, raster order (V1: the masked ones;
+             V2: those the decode mask keeps)
+    scored:  [B, N_dec] Bool, which decoded cubes the loss counts (V2: decoded and encoder-masked);
+             None: all of them (V1)
+    """
+
+    visible: torch.Tensor
+    decoded: torch.Tensor
+    scored: torch.Tensor | None = None
+
+    def to(self, device, non_blocking: bool = False) -> TokenIds:
+        return TokenIds(*(None if t is None else t.to(device, non_blocking=non_blocking) for t in self))
+
+    def pin_memory(self) -> TokenIds:
+        return TokenIds(*(None if t is None else t.pin_memory() for t in self))
+
+    def mask(self, num_tokens: int) -> torch.Tensor:
+        """-> Bool [B, N], True = masked (hidden from the encoder): the Boolean form, for pictures and tests."""
+        out = torch.ones(self.visible.shape[0], num_tokens, dtype=torch.bool, device=self.visible.device)
+        return out.scatter_(1, self.visible, False)
+
+
+def token_ids(mask: torch.Tensor, decode_mask: torch.Tensor | None = None) -> TokenIds:
+    """Validate Bool masks (equal counts per sample) and turn them into `TokenIds`. Syncs when the masks are
+    on a GPU: call it where the masks are made, never inside a step.
+
+    mask: [B, N] Bool, True = masked; decode_mask: [B, N] Bool, True = not decoded (V2) or None (V1)
+    """
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        raise ValueError(f"mask must be a Bool tensor [B, N], got {getattr(mask, 'shape', type(mask))}")
+    b, n = mask.shape
+    check_mask(mask, b, n, "mask")
+    decoded = mask
+    if decode_mask is not None:
+        check_mask(decode_mask, b, n, "decode_mask")
+        decoded = ~decode_mask
+    visible = (~mask).nonzero()[:, 1].view(b, -1)
+    dec = decoded.nonzero()[:, 1].view(b, -1)
+    scored = None if decode_mask is None else mask.gather(1, dec)
+    return TokenIds(visible, dec, scored)
