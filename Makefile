@@ -8,7 +8,20 @@ STAMP := $(VENV)/.installed
 export TORCH_CUDA_ARCH_LIST ?= 9.0
 export MAX_JOBS ?= 2
 
-.PHONY: install test lint demo gpu clean
+# The GPU machine's stack: Python 3.12, torch 2.11.0 (+cu130), triton 3.6.0, transformers 5.17.0, no av / decord.
+# `make test` also runs, on it, the tests of what must work there (op registration, the ops, the fused model, the
+# sync-free step, the GPU script) and the GPU script's rehearsal. Its CUDA extension is not built here (the GPU
+# machine builds its own; this tree's build belongs to .venv).
+PINNED ?= .venv-pinned
+PINNED_PY := $(PINNED)/bin/python
+PINNED_STAMP := $(PINNED)/.installed
+PINNED_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12) \
+                 $(PYTHON))
+GPU_STACK := torch==2.11.0 triton==3.6.0 transformers==5.17.0
+PINNED_TESTS = $(wildcard tests/ops tests/test_ops_registration.py tests/test_fused_model.py tests/test_models.py \
+                 tests/test_sync_free.py tests/test_train_step*.py tests/test_gpu_script*.py)
+
+.PHONY: install install-pinned test suite rehearse test-pinned lint demo gpu clean
 
 install: $(STAMP)
 
@@ -16,18 +29,44 @@ $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "torch>=2.11" ninja
-	$(PY) -m pip install -q --no-build-isolation -e ".[dev,hf,timm,decord]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev,hf,timm,decord,export]"
 	touch $(STAMP)
+
+install-pinned: $(PINNED_STAMP)
+
+$(PINNED_STAMP): pyproject.toml setup.py
+	$(PINNED_PYTHON) -m venv $(PINNED)
+	$(PINNED_PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PINNED_PY) -m pip install -q $(GPU_STACK) ninja $$($(PINNED_PY) .ci/pinned_deps.py)
+	VIDEOMAE_SKIP_CUDA_BUILD=1 $(PINNED_PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PINNED_PY) -c 'import sys, torch, triton, transformers as t; \
+	  print("pinned stack: python", sys.version.split()[0], torch.__version__, triton.__version__, t.__version__)'
+	touch $(PINNED_STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# TRITON_INTERPRET=1 runs every Triton kernel on the CPU, which is how CI tests them.
-test: $(STAMP) lint
+# Both stacks; the whole suite last, so that CI closes on its summary. TRITON_INTERPRET=1 runs every Triton
+# kernel on the CPU, which is how CI tests them.
+test: lint test-pinned rehearse suite
+
+suite: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
+# Every step of bench/gpu.sh on the CPU at tiny shapes.
+rehearse: $(STAMP)
+	PYTHON=$(PY) bash bench/gpu.sh --rehearse
+
+test-pinned: $(PINNED_STAMP)
+	PYTHON=$(PINNED_PY) BENCH_RESULTS=bench/results/rehearsal-pinned bash bench/gpu.sh --rehearse
+	TRITON_INTERPRET=1 $(PINNED_PY) -m pytest -q -p no:cacheprovider $(PINNED_TESTS)
+
+# On a GPU machine (its own python3, or PYTHON=...): every GPU check and benchmark, see bench/gpu.sh.
+gpu:
+	bash bench/gpu.sh
+
 demo: $(STAMP)
-	$(PY) -m videomae pretrain --output_dir runs/demo
+	$(PY) -m videomae pretrain --output_dir runs/demo --overwrite
 
 clean:
-	rm -rf $(VENV) build *.egg-info runs
+	rm -rf $(VENV) $(PINNED) build *.egg-info runs bench/results/rehearsal bench/results/rehearsal-pinned

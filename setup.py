@@ -1,7 +1,6 @@
 """Build script: the pure-Python package plus, when a CUDA toolkit and a CUDA-enabled torch are present (a GPU is
-not needed), the `videomae._C` extension: the CUDA kernels of csrc/, registered as torch.ops.videomae.*_cuda_*.
-
-`kernels/` (Triton) installs as `videomae.kernels`: the top-level name `kernels` belongs to another project.
+not needed), the `videomae._C` extension: the CUDA kernels of csrc/, implementing torch.ops.videomae.*_cuda* (whose
+schemas videomae/ops/cuda_backend.py defines from videomae.ops.library.SCHEMAS).
 
 Install with `pip install --no-build-isolation .` so that the build sees the installed torch. Environment:
   TORCH_CUDA_ARCH_LIST="8.0;9.0"  archs to build; default sm_80 and sm_90, those the installed nvcc supports
@@ -25,7 +24,7 @@ from setuptools import find_packages, setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCHS = ("8.0", "9.0")  # A100, H100/H200
 
-packages = find_packages(include=["videomae", "videomae.*"]) + ["videomae.kernels"]
+packages = find_packages(include=["videomae", "videomae.*"])
 
 
 def log(msg):
@@ -154,7 +153,6 @@ ext_modules, cmdclass = cuda_extension()
 
 setup(
     packages=packages,
-    package_dir={"videomae.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

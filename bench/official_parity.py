@@ -1,7 +1,8 @@
 """Official VideoMAE code vs ours through checkpoint files, fp32 on CPU.
 
 For each size and mode, the official model (random weights, every tensor non-trivial) is saved in the
-official layout, loaded with `videomae.load_checkpoint` into our factory model (fused off and on), and
+official layout, loaded with `videomae.load_checkpoint` into our factory model (run on the eager `torch` ops
+backend, then on every fused backend that runs here: Triton on CPU under TRITON_INTERPRET=1), and
 both run on the same random normalized clips and tube masks. Then the reverse: our `save_checkpoint`
 file loaded by the official model with `load_state_dict(strict=True)`; and a pretraining file loaded
 into a classifier, against the official fine-tuning script's loading rules.
@@ -31,7 +32,8 @@ import torch
 from einops import rearrange
 
 import videomae
-from videomae.masking import running_cell_mask, tube_mask
+from videomae import ops
+from videomae.masking import running_cell_mask, token_ids, tube_mask
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -84,15 +86,16 @@ def check_pretrain(off_mod, size, videos, mask, tmp, decode_mask=None, tag="v1")
         want = official(videos, mask) if decode_mask is None else official(videos, mask, decode_mask)
         want_loss = official_engine_loss(videos, want, mask, decode_mask)
     rows = []
-    for fused in (False, True):
-        ours = videomae.create_model(f"pretrain_videomae_{size}_patch16_224", fused=fused).eval()
-        videomae.load_checkpoint(ours, path, strict=True)
-        with torch.no_grad():
-            pred = ours(videos, mask, decode_mask)
-            loss = ours.forward_loss(videos, pred, mask, decode_mask)
-        rows.append(dict(model=f"{tag}_pretrain_{size}", mode=f"load, fused={fused}", output_rel_err=rel(pred, want),
+    ids = token_ids(mask, decode_mask)
+    ours = videomae.create_model(f"pretrain_videomae_{size}_patch16_224").eval()
+    videomae.load_checkpoint(ours, path, strict=True)
+    for backend in backends():
+        with torch.no_grad(), ops.use_backend(backend):
+            pred = ours(videos, ids)
+            loss = ours.forward_loss(videos, pred, ids)
+        rows.append(dict(model=f"{tag}_pretrain_{size}", mode=f"load, ops={backend}", output_rel_err=rel(pred, want),
                          loss_rel_err=rel(loss, want_loss), loss=want_loss.item()))
-        if not fused:
+        if backend == "torch":
             back = Path(tmp) / f"ours_{tag}_pretrain_{size}.pth"
             videomae.save_checkpoint(ours, back)
             reloaded = getattr(off_mod, f"pretrain_videomae_{size}_patch16_224")(decoder_depth=4).eval()
@@ -112,21 +115,19 @@ def check_finetune(off_mod, size, videos, tmp):
     with torch.no_grad():
         want = official(videos)
     rows = []
-    for fused in (False, True):
-        ours = videomae.create_model(f"vit_{size}_patch16_224", num_classes=400, fused=fused).eval()
-        videomae.load_checkpoint(ours, path, strict=True)
-        with torch.no_grad():
-            logits = ours(videos)
-        rows.append(dict(model=f"v1_finetune_{size}", mode=f"load, fused={fused}", output_rel_err=rel(logits, want)))
-        if not fused:
-            back = Path(tmp) / f"ours_finetune_{size}.pth"
-            videomae.save_checkpoint(ours, back)
-            reloaded = getattr(off_mod, f"vit_{size}_patch16_224")(num_classes=400, all_frames=16).eval()
-            reloaded.load_state_dict(torch.load(back, weights_only=True)["module"], strict=True)
-            with torch.no_grad():
-                again = reloaded(videos)
-            rows.append(dict(model=f"v1_finetune_{size}", mode="save -> official strict load",
-                             output_rel_err=rel(logits, again)))
+    ours = videomae.create_model(f"vit_{size}_patch16_224", num_classes=400).eval()  # conv3d: no fused op
+    videomae.load_checkpoint(ours, path, strict=True)
+    with torch.no_grad():
+        logits = ours(videos)
+    rows.append(dict(model=f"v1_finetune_{size}", mode="load", output_rel_err=rel(logits, want)))
+    back = Path(tmp) / f"ours_finetune_{size}.pth"
+    videomae.save_checkpoint(ours, back)
+    reloaded = getattr(off_mod, f"vit_{size}_patch16_224")(num_classes=400, all_frames=16).eval()
+    reloaded.load_state_dict(torch.load(back, weights_only=True)["module"], strict=True)
+    with torch.no_grad():
+        again = reloaded(videos)
+    rows.append(dict(model=f"v1_finetune_{size}", mode="save -> official strict load",
+                     output_rel_err=rel(logits, again)))
     return rows
 
 
@@ -142,7 +143,7 @@ def check_finetune_from_pretrain(off_pretrain, off_finetune, size, videos, tmp):
     sd = torch.load(path, weights_only=True)["model"]
     official.load_state_dict({k[len("encoder."):] if k.startswith("encoder.") else k: v for k, v in sd.items()},
                              strict=False)
-    ours = videomae.create_model(f"vit_{size}_patch16_224", num_classes=400, fused=False).eval()
+    ours = videomae.create_model(f"vit_{size}_patch16_224", num_classes=400).eval()
     report = videomae.load_checkpoint(ours, path)
     head = {k: v for k, v in official.state_dict().items() if k.startswith(("fc_norm.", "head."))}
     ours.load_state_dict(head, strict=False)
@@ -150,6 +151,12 @@ def check_finetune_from_pretrain(off_pretrain, off_finetune, size, videos, tmp):
     with torch.no_grad():
         err = rel(ours(videos), official(videos))
     return [dict(model=f"v1_finetune_{size}", mode="pretraining file -> classifier", output_rel_err=err)]
+
+
+def backends() -> list[str]:
+    """The eager reference first, then each fused backend that can run on this machine."""
+    report = ops.backend_report()["cube_embed"]
+    return ["torch"] + [b for b in ("triton", "cuda") if report[b]["available"]]
 
 
 def git_sha() -> str:
@@ -179,7 +186,7 @@ def main() -> None:
             rows += check_pretrain(pretrain, size, videos, mask, tmp)
             rows += check_finetune(finetune, size, videos, tmp)
             rows += check_finetune_from_pretrain(pretrain, finetune, size, videos, tmp)
-            print(*(json.dumps(r) for r in rows[-7:]), sep="\n", flush=True)
+            print(*(json.dumps(r) for r in rows[-(len(backends()) + 4):]), sep="\n", flush=True)
         if args.v2:
             for name in [n for n in list(sys.modules) if n.startswith(("modeling_", "models"))]:
                 del sys.modules[name]
@@ -187,7 +194,7 @@ def main() -> None:
             # True = not decoded; decoded cells may be encoder-visible, the loss counts the masked ones only.
             decode_mask = running_cell_mask(args.batch, (8, 14, 14), 0.5, generator=g)
             rows += check_pretrain(pretrain_v2, "small", videos, mask, tmp, decode_mask=decode_mask, tag="v2")
-            print(*(json.dumps(r) for r in rows[-3:]), sep="\n", flush=True)
+            print(*(json.dumps(r) for r in rows[-(len(backends()) + 1):]), sep="\n", flush=True)
     worst = max(max(r["output_rel_err"], r.get("loss_rel_err", 0.0)) for r in rows)
     result = dict(
         torch=torch.__version__, python=platform.python_version(), git_sha=git_sha(), device="cpu", dtype="float32",

@@ -1,6 +1,9 @@
-// Torch bindings of the videomae CUDA kernels: schemas (TORCH_LIBRARY), CUDA kernels (TORCH_LIBRARY_IMPL) and
-// argument checks. The only translation unit that sees torch headers, so the .cu files stay quick to build.
-// Fake kernels and autograd are registered in Python: videomae.ops.library, called by videomae/ops/cuda_backend.py.
+// Torch bindings of the videomae CUDA kernels: CUDA kernels (TORCH_LIBRARY_IMPL) and argument checks. The only
+// translation unit that sees torch headers, so the .cu files stay quick to build (hence one file of ~400 lines).
+// The schemas are not written here: Python defines them from the one table, videomae.ops.library.SCHEMAS
+// (videomae/ops/cuda_backend.py, after importing this module). The dispatcher accepts an impl before its def and
+// checks, when the def arrives, that each C++ signature below matches the Python schema (a mismatch raises there).
+// Fake kernels and autograd are registered in Python too: videomae.ops.library.
 #include <Python.h>
 
 #include <ATen/core/Tensor.h>
@@ -8,7 +11,8 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
-#include <ATen/ops/sum.h>
+#include <c10/core/DispatchKeySet.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #ifndef VIDEOMAE_EMULATE
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: that one needs cuBLAS/cuSPARSE/cuSOLVER headers
@@ -16,19 +20,23 @@
 #include <c10/util/string_view.h>  // c10::string_view: the `str` argument type in every torch >= 2.11
 #include <torch/library.h>
 
-#include <array>
 #include <optional>
 #include <tuple>
 
 #include "videomae_kernels.h"
 
-// The op's device and torch's current stream on it: every kernel and cuBLAS call of the op runs there.
-// VIDEOMAE_EMULATE (csrc/emu/cuda_emu.h, the CI tests' CPU emulation) runs the kernels on CPU tensors instead.
+// The op's device and torch's current stream on it: every kernel and cuBLAS call of the op runs there. Autocast is
+// off inside the op: its matmuls run in the dtypes chosen here (an autocast addmm would hand back a buffer of another
+// dtype than the kernels write). VIDEOMAE_EMULATE (csrc/emu/cuda_emu.h, the CI tests' CPU emulation) runs the
+// kernels on CPU tensors instead.
 #ifdef VIDEOMAE_EMULATE
-#define VIDEOMAE_DEVICE_AND_STREAM(t) const cudaStream_t stream = nullptr
+#define VIDEOMAE_DEVICE_AND_STREAM(t)                                            \
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset); \
+  const cudaStream_t stream = nullptr
 #else
-#define VIDEOMAE_DEVICE_AND_STREAM(t)           \
-  const c10::cuda::CUDAGuard guard((t).device()); \
+#define VIDEOMAE_DEVICE_AND_STREAM(t)                                            \
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset); \
+  const c10::cuda::CUDAGuard guard((t).device());                                \
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream()
 #endif
 
@@ -47,7 +55,8 @@ bool on_device(const Tensor& t) {
 using videomae::CubeGeom;
 using videomae::DType;
 
-// Bad input raises ValueError in Python (TORCH_CHECK_VALUE), naming the argument.
+// Bad input raises ValueError in Python (TORCH_CHECK_VALUE), naming the argument. These are shape, dtype and
+// device checks only: no op reads a tensor's values on the host (token ids are validated by masking.token_ids).
 DType dtype_of(const Tensor& t, const char* name, bool allow_uint8) {
   switch (t.scalar_type()) {
     case at::kFloat: return DType::F32;
@@ -70,11 +79,12 @@ void check_tensor(const Tensor& t, const char* name, const Tensor& ref) {
   TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous");
 }
 
-void check_mask(const Tensor& mask, const char* name, int64_t B, int64_t N, const Tensor& ref) {
-  check_tensor(mask, name, ref);
-  TORCH_CHECK_VALUE(mask.scalar_type() == at::kBool, name, " must be bool, got ", mask.scalar_type());
-  TORCH_CHECK_VALUE(mask.dim() == 2 && mask.size(0) == B && mask.size(1) == N, name, " must be [", B, ", ", N,
-                    "] (batch x tokens), got ", mask.sizes());
+// Token ids: int64 [B, K], K <= N. Their values are not read here; the kernels skip ids outside [0, N).
+void check_ids(const Tensor& ids, const char* name, int64_t B, int64_t N, const Tensor& ref) {
+  check_tensor(ids, name, ref);
+  TORCH_CHECK_VALUE(ids.scalar_type() == at::kLong, name, " must be int64 token ids, got ", ids.scalar_type());
+  TORCH_CHECK_VALUE(ids.dim() == 2 && ids.size(0) == B && ids.size(1) <= N, name, " must be [", B, ", K] with K <= ",
+                    N, " (batch x token ids), got ", ids.sizes());
 }
 
 CubeGeom geometry(const Tensor& videos, int64_t tubelet, int64_t patch) {
@@ -106,15 +116,6 @@ videomae::ChannelAffine affine(at::ArrayRef<double> mean, at::ArrayRef<double> s
   return a;
 }
 
-Tensor token_ids(const Tensor& flags, bool select, int64_t n_sel, Tensor* inv, cudaStream_t stream) {
-  const int64_t B = flags.size(0), N = flags.size(1);
-  Tensor ids = at::empty({B, n_sel}, flags.options().dtype(at::kInt));
-  if (inv) *inv = at::empty({B, N}, flags.options().dtype(at::kInt));
-  videomae::token_index(flags.data_ptr<bool>(), select, B, N, n_sel, ids.data_ptr<int32_t>(),
-                        inv ? inv->data_ptr<int32_t>() : nullptr, stream);
-  return ids;
-}
-
 // Deterministic fp32 column sums of `rows` rows of width D (see col_sum in videomae_kernels.h).
 Tensor column_sum(const void* g, DType g_dtype, int64_t rows, int64_t rows_per_batch, int64_t batch_stride, int64_t D,
                   const Tensor& ref, cudaStream_t stream) {
@@ -130,16 +131,9 @@ const void* row_ptr(const Tensor& t, int64_t offset_elems) {
   return static_cast<const char*>(t.data_ptr()) + offset_elems * t.element_size();
 }
 
-// Tokens with flags == select in row 0: the per-sample count (masks hold the same count in every row, validated
-// in Python). A host sync, as the output shape depends on the mask's values.
-int64_t count_tokens(const Tensor& flags, bool select) {
-  if (flags.size(0) == 0) return 0;
-  const int64_t on = flags.select(0, 0).sum().item<int64_t>();
-  return select ? on : flags.size(1) - on;
-}
-
 Tensor empty_f32(const Tensor& ref, at::IntArrayRef sizes) { return at::empty(sizes, ref.options().dtype(at::kFloat)); }
 
+// pos: [N, D] or [1, N, D], any float dtype (read and converted in registers).
 void check_pos(const Tensor& pos, int64_t N, int64_t D, const Tensor& ref) {
   check_tensor(pos, "pos", ref);
   dtype_of(pos, "pos", false);
@@ -150,11 +144,12 @@ void check_pos(const Tensor& pos, int64_t N, int64_t D, const Tensor& ref) {
 struct CubeEmbedArgs {
   CubeGeom g;
   DType v_dtype, w_dtype;
-  int64_t D, K, N;
+  int64_t D, K, N, n_vis;
   videomae::ChannelAffine aff;
 };
 
-CubeEmbedArgs cube_embed_args(const Tensor& videos, const Tensor& weight, const Tensor& mask,
+// The clip may be fp32, 16-bit or uint8 whatever the weight's dtype: the gather converts it in registers.
+CubeEmbedArgs cube_embed_args(const Tensor& videos, const Tensor& weight, const Tensor& visible,
                               at::ArrayRef<double> mean, at::ArrayRef<double> std) {
   check_tensor(videos, "videos", videos);
   check_tensor(weight, "weight", videos);
@@ -167,10 +162,8 @@ CubeEmbedArgs cube_embed_args(const Tensor& videos, const Tensor& weight, const 
   a.D = weight.size(0), a.K = a.g.cube(), a.N = a.g.tokens();
   TORCH_CHECK_VALUE(weight.size(1) == a.g.C, "weight must have ", a.g.C, " input channels like videos, got ",
                     weight.size(1));
-  TORCH_CHECK_VALUE(a.v_dtype == DType::U8 || videos.scalar_type() == weight.scalar_type(),
-                    "videos must have weight's dtype ", weight.scalar_type(), " (or be uint8), got ",
-                    videos.scalar_type());
-  check_mask(mask, "mask", a.g.B, a.N, videos);
+  check_ids(visible, "visible", a.g.B, a.N, videos);
+  a.n_vis = visible.size(1);
   a.aff = a.v_dtype == DType::U8 ? affine(mean, std, a.g.C, true) : videomae::ChannelAffine{{}, {}, false};
   return a;
 }
@@ -178,100 +171,86 @@ CubeEmbedArgs cube_embed_args(const Tensor& videos, const Tensor& weight, const 
 // ------------------------------------------------------------------------------------------------ cube_embed
 // -> [B, N_vis, D] in weight's dtype: conv output (+ bias) + pos.to(weight's dtype), visible tokens only.
 Tensor cube_embed_cuda(const Tensor& videos, const Tensor& weight, const std::optional<Tensor>& bias,
-                       const std::optional<Tensor>& pos, const Tensor& mask, at::ArrayRef<double> mean,
+                       const std::optional<Tensor>& pos, const Tensor& visible, at::ArrayRef<double> mean,
                        at::ArrayRef<double> std) {
-  const CubeEmbedArgs a = cube_embed_args(videos, weight, mask, mean, std);
+  const CubeEmbedArgs a = cube_embed_args(videos, weight, visible, mean, std);
   const CubeGeom& g = a.g;
   if (bias) {
-    check_tensor(*bias, "bias", videos);
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == a.D && bias->scalar_type() == weight.scalar_type(),
-                      "bias must be [", a.D, "] of weight's dtype, got ", bias->sizes(), " ", bias->scalar_type());
+    TORCH_CHECK_VALUE(on_device(*bias) && bias->device() == videos.device(), "bias must be on ", videos.device(),
+                      ", got ", bias->device());
+    dtype_of(*bias, "bias", false);
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == a.D, "bias must be [", a.D, "], got ", bias->sizes());
   }
   if (pos) check_pos(*pos, a.N, a.D, videos);
 
   VIDEOMAE_DEVICE_AND_STREAM(videos);
-  const int64_t n_vis = count_tokens(mask, false);
-  const Tensor ids = token_ids(mask, false, n_vis, nullptr, stream);
-  Tensor patches = at::empty({g.B * n_vis, a.K}, weight.options());
-  videomae::cube_embed_gather(videos.data_ptr(), a.v_dtype, g, ids.data_ptr<int32_t>(), n_vis, a.aff,
-                              patches.data_ptr(), a.w_dtype, stream);
+  const int64_t M = g.B * a.n_vis;
+  const int64_t* ids = visible.data_ptr<int64_t>();
+  Tensor patches = at::empty({M, a.K}, weight.options());
+  videomae::cube_embed_gather(videos.data_ptr(), a.v_dtype, g, ids, a.n_vis, a.aff, patches.data_ptr(), a.w_dtype,
+                              stream);
   const Tensor w2 = weight.view({a.D, a.K});
-  Tensor y = bias ? at::addmm(*bias, patches, w2.t()) : at::mm(patches, w2.t());  // cuBLAS, bias in its epilogue
+  // The bias (D values) in weight's dtype, as autocast's conv3d casts it: added in cuBLAS's epilogue, one rounding.
+  Tensor y = bias ? at::addmm(bias->to(weight.scalar_type()), patches, w2.t()) : at::mm(patches, w2.t());
   if (pos)  // in place: each element is read, then written, by the same thread
-    videomae::cube_embed_add_pos(y.data_ptr(), a.w_dtype, pos->data_ptr(), dtype_of(*pos, "pos", false),
-                                 ids.data_ptr<int32_t>(), g.B * n_vis, a.D, y.data_ptr(), a.w_dtype, stream);
-  return y.view({g.B, n_vis, a.D});
+    videomae::cube_embed_add_pos(y.data_ptr(), a.w_dtype, pos->data_ptr(), dtype_of(*pos, "pos", false), ids, a.N, M,
+                                 a.D, y.data_ptr(), a.w_dtype, stream);
+  return y.view({g.B, a.n_vis, a.D});
 }
 
 // needs = (videos, weight, bias, pos) -> (d videos [videos' dtype], d weight [weight's dtype], d bias fp32 [D],
 // d pos fp32 [N, D]); grads not needed come back empty.
 std::tuple<Tensor, Tensor, Tensor, Tensor> cube_embed_cuda_backward(const Tensor& grad, const Tensor& videos,
-                                                                    const Tensor& weight, const Tensor& mask,
+                                                                    const Tensor& weight, const Tensor& visible,
                                                                     at::ArrayRef<double> mean, at::ArrayRef<double> std,
                                                                     const c10::List<bool>& needs) {
-  const CubeEmbedArgs a = cube_embed_args(videos, weight, mask, mean, std);
+  const CubeEmbedArgs a = cube_embed_args(videos, weight, visible, mean, std);
   const CubeGeom& g = a.g;
   TORCH_CHECK_VALUE(needs.size() == 4, "needs must have 4 flags (videos, weight, bias, pos), got ", needs.size());
   const bool need_videos = needs[0], need_weight = needs[1], need_bias = needs[2], need_pos = needs[3];
   TORCH_CHECK_VALUE(on_device(grad) && grad.device() == videos.device(), "grad must be on ", videos.device(),
                     ", got ", grad.device());
-  TORCH_CHECK_VALUE(grad.dim() == 3 && grad.size(0) == g.B && grad.size(2) == a.D, "grad must be [", g.B,
-                    ", N_vis, ", a.D, "], got ", grad.sizes());
+  dtype_of(grad, "grad", false);
+  TORCH_CHECK_VALUE(grad.dim() == 3 && grad.size(0) == g.B && grad.size(1) == a.n_vis && grad.size(2) == a.D,
+                    "grad must be [", g.B, ", ", a.n_vis, ", ", a.D, "] (batch x visible x D), got ", grad.sizes());
   TORCH_CHECK_VALUE(!need_videos || a.v_dtype != DType::U8, "videos of dtype uint8 have no gradient");
-  const int64_t n_vis = grad.size(1), M = g.B * n_vis;
-  TORCH_CHECK_VALUE(n_vis <= a.N, "grad has ", n_vis, " tokens, more than the clip's ", a.N);
+  const int64_t M = g.B * a.n_vis;
 
   VIDEOMAE_DEVICE_AND_STREAM(videos);
   const Tensor gy = grad.to(weight.scalar_type()).contiguous().view({M, a.D});
-  Tensor inv;
-  const Tensor ids = token_ids(mask, false, n_vis, need_videos || need_pos ? &inv : nullptr, stream);
+  const int64_t* ids = visible.data_ptr<int64_t>();
+  Tensor inv;  // token -> visible row, for the scatters
+  if (need_videos || need_pos) {
+    inv = at::empty({g.B, a.N}, visible.options().dtype(at::kInt));
+    videomae::inverse_index(ids, g.B, a.N, a.n_vis, inv.data_ptr<int32_t>(), stream);
+  }
   const Tensor w2 = weight.view({a.D, a.K});
   Tensor gv = grad.new_empty({0}), gw = weight.new_empty({0}), gb = empty_f32(grad, {0}), gp = empty_f32(grad, {0});
   if (need_weight) {
     Tensor patches = at::empty({M, a.K}, weight.options());  // recomputed: a read of the visible cubes only
-    videomae::cube_embed_gather(videos.data_ptr(), a.v_dtype, g, ids.data_ptr<int32_t>(), n_vis, a.aff,
-                                patches.data_ptr(), a.w_dtype, stream);
+    videomae::cube_embed_gather(videos.data_ptr(), a.v_dtype, g, ids, a.n_vis, a.aff, patches.data_ptr(), a.w_dtype,
+                                stream);
     gw = at::mm(gy.t(), patches).view(weight.sizes());
   }
   if (need_bias) gb = column_sum(gy.data_ptr(), a.w_dtype, M, M, 0, a.D, grad, stream);
   if (need_pos) {
     gp = empty_f32(grad, {a.N, a.D});
-    videomae::scatter_rows_sum(gy.data_ptr(), a.w_dtype, n_vis * a.D, inv.data_ptr<int32_t>(), g.B, a.N, a.D, false,
-                               gp.data_ptr<float>(), stream);
+    videomae::scatter_rows_sum(gy.data_ptr(), a.w_dtype, a.n_vis * a.D, inv.data_ptr<int32_t>(), g.B, a.N, a.D,
+                               false, gp.data_ptr<float>(), stream);
   }
   if (need_videos) {
-    const Tensor grad_patches = at::mm(gy, w2);
+    const Tensor grad_patches = at::mm(gy, w2);  // weight's dtype; the scatter converts to the clip's
     gv = at::empty_like(videos);
-    videomae::cube_embed_scatter(grad_patches.data_ptr(), g, inv.data_ptr<int32_t>(), n_vis, gv.data_ptr(),
-                                 a.v_dtype, stream);
+    videomae::cube_embed_scatter(grad_patches.data_ptr(), a.w_dtype, g, inv.data_ptr<int32_t>(), a.n_vis,
+                                 gv.data_ptr(), a.v_dtype, stream);
   }
   return {gv, gw, gb, gp};
 }
 
 // ------------------------------------------------------------------------------------------------ decoder_input
-struct DecoderIds {
-  Tensor vis, dec, inv_vis, inv_dec;
-};
-
-// Visible tokens (mask False) then decoded ones (mask True, or decode_mask False when given).
-DecoderIds decoder_ids(const Tensor& mask, const std::optional<Tensor>& decode_mask, int64_t n_vis, int64_t n_dec,
-                       bool with_inv, cudaStream_t stream) {
-  DecoderIds r;
-  r.vis = token_ids(mask, false, n_vis, with_inv ? &r.inv_vis : nullptr, stream);
-  r.dec = decode_mask ? token_ids(*decode_mask, false, n_dec, with_inv ? &r.inv_dec : nullptr, stream)
-                      : token_ids(mask, true, n_dec, with_inv ? &r.inv_dec : nullptr, stream);
-  return r;
-}
-
-void check_decoder_masks(const Tensor& mask, const std::optional<Tensor>& decode_mask, int64_t B, const Tensor& ref) {
-  TORCH_CHECK_VALUE(mask.dim() == 2, "mask must be [B, N], got ", mask.sizes());
-  check_mask(mask, "mask", B, mask.size(1), ref);
-  if (decode_mask) check_mask(*decode_mask, "decode_mask", B, mask.size(1), ref);
-}
-
-// -> [B, N_vis + N_dec, Dd] in x_vis' dtype, sums in fp32.
-Tensor decoder_input_cuda(const Tensor& x_vis, const Tensor& mask_token, const Tensor& pos, const Tensor& mask,
-                          const std::optional<Tensor>& decode_mask) {
+// -> [B, N_vis + N_dec, Dd] in x_vis' dtype, sums in fp32: visible rows first, decoded ones second.
+Tensor decoder_input_cuda(const Tensor& x_vis, const Tensor& mask_token, const Tensor& pos, const Tensor& visible,
+                          const Tensor& decoded) {
   check_tensor(x_vis, "x_vis", x_vis);
   const DType x_dtype = dtype_of(x_vis, "x_vis", false);
   TORCH_CHECK_VALUE(x_vis.dim() == 3, "x_vis must be [B, N_vis, D], got ", x_vis.sizes());
@@ -280,32 +259,36 @@ Tensor decoder_input_cuda(const Tensor& x_vis, const Tensor& mask_token, const T
   const DType t_dtype = dtype_of(mask_token, "mask_token", false);
   TORCH_CHECK_VALUE(mask_token.numel() == D && mask_token.size(-1) == D, "mask_token must have ", D,
                     " values (e.g. [1, 1, D]), got ", mask_token.sizes());
-  check_decoder_masks(mask, decode_mask, B, x_vis);
-  const int64_t N = mask.size(1);
+  TORCH_CHECK_VALUE(pos.dim() >= 2, "pos must be [N, D] or [1, N, D], got ", pos.sizes());
+  const int64_t N = pos.size(-2);
   check_pos(pos, N, D, x_vis);
-  TORCH_CHECK_VALUE(n_vis <= N, "x_vis has ", n_vis, " tokens, more than mask's ", N);
+  check_ids(visible, "visible", B, N, x_vis);
+  check_ids(decoded, "decoded", B, N, x_vis);
+  TORCH_CHECK_VALUE(visible.size(1) == n_vis, "visible must list x_vis' ", n_vis, " tokens, got ", visible.sizes());
+  const int64_t n_dec = decoded.size(1);
 
   VIDEOMAE_DEVICE_AND_STREAM(x_vis);
-  const int64_t n_dec = decode_mask ? count_tokens(*decode_mask, false) : N - n_vis;
-  const DecoderIds ids = decoder_ids(mask, decode_mask, n_vis, n_dec, false, stream);
   Tensor out = at::empty({B, n_vis + n_dec, D}, x_vis.options());
   videomae::decoder_input_fwd(x_vis.data_ptr(), x_dtype, mask_token.data_ptr(), t_dtype, pos.data_ptr(),
-                              dtype_of(pos, "pos", false), ids.vis.data_ptr<int32_t>(), ids.dec.data_ptr<int32_t>(), B,
-                              n_vis, n_dec, D, out.data_ptr(), x_dtype, stream);
+                              dtype_of(pos, "pos", false), visible.data_ptr<int64_t>(), decoded.data_ptr<int64_t>(), N,
+                              B, n_vis, n_dec, D, out.data_ptr(), x_dtype, stream);
   return out;
 }
 
-// -> (d x_vis [grad's dtype], d mask_token fp32 [Dd], d pos fp32 [N, Dd] or empty).
-std::tuple<Tensor, Tensor, Tensor> decoder_input_cuda_backward(const Tensor& grad, const Tensor& mask,
-                                                               const std::optional<Tensor>& decode_mask,
-                                                               int64_t num_visible, bool need_pos) {
+// -> (d x_vis [grad's dtype], d mask_token fp32 [Dd], d pos fp32 [num_tokens, Dd] or empty).
+std::tuple<Tensor, Tensor, Tensor> decoder_input_cuda_backward(const Tensor& grad, const Tensor& visible,
+                                                               const Tensor& decoded, int64_t num_tokens,
+                                                               bool need_pos) {
   TORCH_CHECK_VALUE(on_device(grad) && grad.dim() == 3, "grad must be a CUDA tensor [B, N_vis + N_dec, D], got ",
                     grad.sizes(), " on ", grad.device());
   const DType g_dtype = dtype_of(grad, "grad", false);
-  const int64_t B = grad.size(0), D = grad.size(2), n_vis = num_visible, n_dec = grad.size(1) - n_vis;
-  TORCH_CHECK_VALUE(n_vis >= 0 && n_dec >= 0, "num_visible must be in [0, ", grad.size(1), "], got ", n_vis);
-  check_decoder_masks(mask, decode_mask, B, grad);
-  const int64_t N = mask.size(1), rows = n_vis + n_dec;
+  TORCH_CHECK_VALUE(num_tokens >= 0 && num_tokens < (int64_t{1} << 31), "num_tokens must be in [0, 2^31), got ",
+                    num_tokens);
+  const int64_t B = grad.size(0), D = grad.size(2), N = num_tokens;
+  check_ids(visible, "visible", B, N, grad);
+  check_ids(decoded, "decoded", B, N, grad);
+  const int64_t n_vis = visible.size(1), n_dec = decoded.size(1), rows = n_vis + n_dec;
+  TORCH_CHECK_VALUE(grad.size(1) == rows, "grad must have N_vis + N_dec = ", rows, " rows, got ", grad.sizes());
 
   VIDEOMAE_DEVICE_AND_STREAM(grad);
   const Tensor g = grad.contiguous();
@@ -314,19 +297,22 @@ std::tuple<Tensor, Tensor, Tensor> decoder_input_cuda_backward(const Tensor& gra
   Tensor gp = empty_f32(g, {0});
   if (need_pos) {
     // A token both visible and decoded (V2) gets both rows' grads: two ordered passes, no atomics.
-    const DecoderIds ids = decoder_ids(mask, decode_mask, n_vis, n_dec, true, stream);
+    Tensor inv = at::empty({2, B, N}, visible.options().dtype(at::kInt));
+    int32_t* inv_vis = inv.data_ptr<int32_t>();
+    int32_t* inv_dec = inv_vis + B * N;
+    videomae::inverse_index(visible.data_ptr<int64_t>(), B, N, n_vis, inv_vis, stream);
+    videomae::inverse_index(decoded.data_ptr<int64_t>(), B, N, n_dec, inv_dec, stream);
     gp = empty_f32(g, {N, D});
-    videomae::scatter_rows_sum(g.data_ptr(), g_dtype, rows * D, ids.inv_vis.data_ptr<int32_t>(), B, N, D, false,
+    videomae::scatter_rows_sum(g.data_ptr(), g_dtype, rows * D, inv_vis, B, N, D, false, gp.data_ptr<float>(), stream);
+    videomae::scatter_rows_sum(row_ptr(g, n_vis * D), g_dtype, rows * D, inv_dec, B, N, D, true,
                                gp.data_ptr<float>(), stream);
-    videomae::scatter_rows_sum(row_ptr(g, n_vis * D), g_dtype, rows * D, ids.inv_dec.data_ptr<int32_t>(), B, N, D,
-                               true, gp.data_ptr<float>(), stream);
   }
   return {gx, gm, gp};
 }
 
 // ------------------------------------------------------------------------------------------------ norm_pix_mse
-videomae::NormPixMseArgs norm_pix_mse_args(const Tensor& pred, const Tensor& videos, const Tensor& mask,
-                                           const std::optional<Tensor>& decode_mask, int64_t tubelet_size,
+videomae::NormPixMseArgs norm_pix_mse_args(const Tensor& pred, const Tensor& videos, const Tensor& decoded,
+                                           const std::optional<Tensor>& scored, int64_t tubelet_size,
                                            int64_t patch_size, bool normalize_target, c10::string_view style,
                                            at::ArrayRef<double> mean, at::ArrayRef<double> std) {
   check_tensor(videos, "videos", videos);
@@ -338,16 +324,23 @@ videomae::NormPixMseArgs norm_pix_mse_args(const Tensor& pred, const Tensor& vid
   a.pred_dtype = dtype_of(pred, "pred", false);
   a.g = geometry(videos, tubelet_size, patch_size);
   const int64_t N = a.g.tokens(), K = a.g.cube();
+  TORCH_CHECK_VALUE(a.g.C >= 1 && a.g.C <= 4, "videos must have 1 to 4 channels, got ", a.g.C);
   // The cube is staged in shared memory as fp32: 40960 values (160 KiB) fit on sm_80 and sm_90.
   TORCH_CHECK_VALUE(K <= 40960, "a cube of ", K, " values is too large (at most 40960)");
-  check_mask(mask, "mask", a.g.B, N, videos);
-  if (decode_mask) check_mask(*decode_mask, "decode_mask", a.g.B, N, videos);
-  TORCH_CHECK_VALUE(pred.dim() == 3 && pred.size(0) == a.g.B && pred.size(1) <= N && pred.size(2) == K,
-                    "pred must be [", a.g.B, ", N_dec, ", K, "] (decoded cubes x values), got ", pred.sizes());
+  check_ids(decoded, "decoded", a.g.B, N, videos);
+  a.n_dec = decoded.size(1);
+  TORCH_CHECK_VALUE(pred.dim() == 3 && pred.size(0) == a.g.B && pred.size(1) == a.n_dec && pred.size(2) == K,
+                    "pred must be [", a.g.B, ", ", a.n_dec, ", ", K, "] (decoded cubes x values), got ", pred.sizes());
+  if (scored) {
+    check_tensor(*scored, "scored", videos);
+    TORCH_CHECK_VALUE(scored->scalar_type() == at::kBool, "scored must be bool, got ", scored->scalar_type());
+    TORCH_CHECK_VALUE(scored->dim() == 2 && scored->size(0) == a.g.B && scored->size(1) == a.n_dec, "scored must be [",
+                      a.g.B, ", ", a.n_dec, "] like decoded, got ", scored->sizes());
+  }
   a.pred = pred.data_ptr();
   a.videos = videos.data_ptr();
-  a.mask = decode_mask ? mask.data_ptr<bool>() : nullptr;
-  a.n_dec = pred.size(1);
+  a.ids = decoded.data_ptr<int64_t>();
+  a.scored = scored ? scored->data_ptr<bool>() : nullptr;
   a.normalize = normalize_target;
   a.mae_st = style == "mae_st";
   // videomae works on [0, 1] pixels, mae_st on the normalized clip: uint8 x -> x / 255 or (x / 255 - mean) / std;
@@ -362,25 +355,17 @@ videomae::NormPixMseArgs norm_pix_mse_args(const Tensor& pred, const Tensor& vid
   } else if (!a.mae_st) {
     a.unnorm = affine(mean, std, a.g.C, false);
   }
-  TORCH_CHECK_VALUE(a.g.C >= 1 && a.g.C <= 4, "videos must have 1 to 4 channels, got ", a.g.C);
   return a;
 }
 
-Tensor decoded_ids(const Tensor& mask, const std::optional<Tensor>& decode_mask, int64_t n_dec, cudaStream_t stream) {
-  return decode_mask ? token_ids(*decode_mask, false, n_dec, nullptr, stream)
-                     : token_ids(mask, true, n_dec, nullptr, stream);
-}
-
 // -> scalar fp32 loss
-Tensor norm_pix_mse_cuda(const Tensor& pred, const Tensor& videos, const Tensor& mask,
-                         const std::optional<Tensor>& decode_mask, int64_t tubelet_size, int64_t patch_size,
+Tensor norm_pix_mse_cuda(const Tensor& pred, const Tensor& videos, const Tensor& decoded,
+                         const std::optional<Tensor>& scored, int64_t tubelet_size, int64_t patch_size,
                          bool normalize_target, c10::string_view style, at::ArrayRef<double> mean,
                          at::ArrayRef<double> std) {
-  videomae::NormPixMseArgs a = norm_pix_mse_args(pred, videos, mask, decode_mask, tubelet_size, patch_size,
-                                                 normalize_target, style, mean, std);
+  const videomae::NormPixMseArgs a = norm_pix_mse_args(pred, videos, decoded, scored, tubelet_size, patch_size,
+                                                       normalize_target, style, mean, std);
   VIDEOMAE_DEVICE_AND_STREAM(videos);
-  const Tensor ids = decoded_ids(mask, decode_mask, a.n_dec, stream);
-  a.ids = ids.data_ptr<int32_t>();
   Tensor partial = empty_f32(videos, {a.g.B * a.n_dec});
   Tensor loss = empty_f32(videos, {});
   videomae::norm_pix_mse_fwd(a, partial.data_ptr<float>(), loss.data_ptr<float>(), stream);
@@ -388,17 +373,15 @@ Tensor norm_pix_mse_cuda(const Tensor& pred, const Tensor& videos, const Tensor&
 }
 
 // -> d pred in pred's dtype
-Tensor norm_pix_mse_cuda_backward(const Tensor& grad, const Tensor& pred, const Tensor& videos, const Tensor& mask,
-                                  const std::optional<Tensor>& decode_mask, int64_t tubelet_size, int64_t patch_size,
+Tensor norm_pix_mse_cuda_backward(const Tensor& grad, const Tensor& pred, const Tensor& videos, const Tensor& decoded,
+                                  const std::optional<Tensor>& scored, int64_t tubelet_size, int64_t patch_size,
                                   bool normalize_target, c10::string_view style, at::ArrayRef<double> mean,
                                   at::ArrayRef<double> std) {
-  videomae::NormPixMseArgs a = norm_pix_mse_args(pred, videos, mask, decode_mask, tubelet_size, patch_size,
-                                                 normalize_target, style, mean, std);
+  const videomae::NormPixMseArgs a = norm_pix_mse_args(pred, videos, decoded, scored, tubelet_size, patch_size,
+                                                       normalize_target, style, mean, std);
   TORCH_CHECK_VALUE(on_device(grad) && grad.device() == videos.device() && grad.numel() == 1,
                     "grad must be a scalar on ", videos.device(), ", got ", grad.sizes(), " on ", grad.device());
   VIDEOMAE_DEVICE_AND_STREAM(videos);
-  const Tensor ids = decoded_ids(mask, decode_mask, a.n_dec, stream);
-  a.ids = ids.data_ptr<int32_t>();
   const Tensor g = grad.to(at::kFloat).contiguous();
   Tensor scratch = empty_f32(videos, {1});
   Tensor grad_pred = at::empty_like(pred);
@@ -406,24 +389,7 @@ Tensor norm_pix_mse_cuda_backward(const Tensor& grad, const Tensor& pred, const 
   return grad_pred;
 }
 
-// Schemas: videomae.ops.library.SCHEMAS, shared by every backend (tests/test_cuda_ext.py checks they agree).
-// Fake kernels and autograd: videomae.ops.library.register_fakes_and_autograd("cuda"), run by
-// videomae/ops/cuda_backend.py. Kernel launch failures arrive as std::runtime_error -> RuntimeError.
-void define_ops(torch::Library& m) {
-  m.def("cube_embed_cuda(Tensor videos, Tensor weight, Tensor? bias, Tensor? pos, Tensor mask, float[] mean, "
-        "float[] std) -> Tensor");
-  m.def("cube_embed_cuda_backward(Tensor grad, Tensor videos, Tensor weight, Tensor mask, float[] mean, "
-        "float[] std, bool[] needs) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("decoder_input_cuda(Tensor x_vis, Tensor mask_token, Tensor pos, Tensor mask, Tensor? decode_mask) "
-        "-> Tensor");
-  m.def("decoder_input_cuda_backward(Tensor grad, Tensor mask, Tensor? decode_mask, SymInt num_visible, "
-        "bool need_pos) -> (Tensor, Tensor, Tensor)");
-  m.def("norm_pix_mse_cuda(Tensor pred, Tensor videos, Tensor mask, Tensor? decode_mask, int tubelet_size, "
-        "int patch_size, bool normalize_target, str style, float[] mean, float[] std) -> Tensor");
-  m.def("norm_pix_mse_cuda_backward(Tensor grad, Tensor pred, Tensor videos, Tensor mask, Tensor? decode_mask, "
-        "int tubelet_size, int patch_size, bool normalize_target, str style, float[] mean, float[] std) -> Tensor");
-}
-
+// Kernel launch failures arrive as std::runtime_error -> RuntimeError.
 void impl_ops(torch::Library& m) {
   m.impl("cube_embed_cuda", &cube_embed_cuda);
   m.impl("cube_embed_cuda_backward", &cube_embed_cuda_backward);
@@ -435,18 +401,14 @@ void impl_ops(torch::Library& m) {
 
 }  // namespace
 
+// Kernels only: each op's schema is defined in Python (videomae.ops.library.SCHEMAS), before or after this runs.
 #ifdef VIDEOMAE_EMULATE
-TORCH_LIBRARY(videomae_emu, m) { define_ops(m); }
 TORCH_LIBRARY_IMPL(videomae_emu, CPU, m) { impl_ops(m); }
 #else
-TORCH_LIBRARY(videomae, m) {
-  m.set_python_module("videomae.ops.library");  // the module whose register_fake covers these ops
-  define_ops(m);
-}
 TORCH_LIBRARY_IMPL(videomae, CUDA, m) { impl_ops(m); }
 #endif
 
-// `import videomae._C` runs the registrations above; the module itself exposes nothing.
+// `import videomae._C` runs the registration above; the module itself exposes nothing.
 extern "C" PyObject* PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "videomae CUDA kernels: see torch.ops.videomae", -1,
                                nullptr};

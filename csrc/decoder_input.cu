@@ -8,11 +8,13 @@ namespace videomae {
 namespace {
 
 // Output rows (b, r), r < n_vis visible, else decoded; thread j owns channels [j*V, j*V + V) of every row it visits.
+// An id outside [0, N) adds no pos.
 template <typename To, int V>
 __global__ void decoder_input_kernel(const void* __restrict__ x_vis, DType x_dtype, const void* __restrict__ token,
                                      DType t_dtype, const void* __restrict__ pos, DType pos_dtype,
-                                     const int32_t* __restrict__ ids_vis, const int32_t* __restrict__ ids_dec,
-                                     int64_t B, int64_t n_vis, int64_t n_dec, int64_t D, To* __restrict__ out) {
+                                     const int64_t* __restrict__ ids_vis, const int64_t* __restrict__ ids_dec,
+                                     int64_t N, int64_t B, int64_t n_vis, int64_t n_dec, int64_t D,
+                                     To* __restrict__ out) {
   const int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (j >= D / V) return;
   const int64_t d = j * V, rows = n_vis + n_dec;
@@ -30,9 +32,11 @@ __global__ void decoder_input_kernel(const void* __restrict__ x_vis, DType x_dty
       for (int k = 0; k < V; ++k) a[k] = tok[k];
       n = ids_dec[b * n_dec + (r - n_vis)];
     }
-    load_f32<V>(pos, pos_dtype, n * D + d, p);
+    if (n >= 0 && n < N) {
+      load_f32<V>(pos, pos_dtype, n * D + d, p);
 #pragma unroll
-    for (int k = 0; k < V; ++k) a[k] += p[k];
+      for (int k = 0; k < V; ++k) a[k] += p[k];
+    }
     store_f32<To, V>(out, row * D + d, a);
   }
 }
@@ -40,8 +44,8 @@ __global__ void decoder_input_kernel(const void* __restrict__ x_vis, DType x_dty
 }  // namespace
 
 void decoder_input_fwd(const void* x_vis, DType x_dtype, const void* mask_token, DType t_dtype, const void* pos,
-                       DType pos_dtype, const int32_t* ids_vis, const int32_t* ids_dec, int64_t B, int64_t n_vis,
-                       int64_t n_dec, int64_t D, void* out, DType out_dtype, cudaStream_t stream) {
+                       DType pos_dtype, const int64_t* ids_vis, const int64_t* ids_dec, int64_t N, int64_t B,
+                       int64_t n_vis, int64_t n_dec, int64_t D, void* out, DType out_dtype, cudaStream_t stream) {
   const int64_t numel = B * (n_vis + n_dec) * D;
   if (numel == 0) return;
   // 16-byte accesses for every operand, or scalar ones: V must divide D and keep all pointers aligned.
@@ -59,13 +63,13 @@ void decoder_input_fwd(const void* x_vis, DType x_dtype, const void* mask_token,
     To* o = static_cast<To*>(out);
     if (V == 8)
       decoder_input_kernel<To, 8><<<l.grid, l.block, 0, stream>>>(x_vis, x_dtype, mask_token, t_dtype, pos, pos_dtype,
-                                                                 ids_vis, ids_dec, B, n_vis, n_dec, D, o);
+                                                                 ids_vis, ids_dec, N, B, n_vis, n_dec, D, o);
     else if (V == 4)
       decoder_input_kernel<To, 4><<<l.grid, l.block, 0, stream>>>(x_vis, x_dtype, mask_token, t_dtype, pos, pos_dtype,
-                                                                 ids_vis, ids_dec, B, n_vis, n_dec, D, o);
+                                                                 ids_vis, ids_dec, N, B, n_vis, n_dec, D, o);
     else
       decoder_input_kernel<To, 1><<<l.grid, l.block, 0, stream>>>(x_vis, x_dtype, mask_token, t_dtype, pos, pos_dtype,
-                                                                 ids_vis, ids_dec, B, n_vis, n_dec, D, o);
+                                                                 ids_vis, ids_dec, N, B, n_vis, n_dec, D, o);
   });
   check_launch("decoder_input_fwd");
 }

@@ -20,14 +20,21 @@ __device__ void load_target(const NormPixMseArgs& a, int64_t cube_row, float* sx
   const int C = static_cast<int>(g.C), t = static_cast<int>(g.t), p = static_cast<int>(g.p);
   const int P = t * p * p, PC = P * C, per_row = p / V;
   const int Hp = static_cast<int>(g.Hp()), Wp = static_cast<int>(g.Wp());
-  const int64_t b = cube_row / a.n_dec;
-  const int n = a.ids[cube_row], it = n / (Hp * Wp), ih = (n / Wp) % Hp, iw = n % Wp;
+  const int64_t b = cube_row / a.n_dec, id = a.ids[cube_row];
+  // An id outside [0, N) stages zeros and reads nothing (cube_weight gives it weight 0).
+  const bool valid = id >= 0 && id < g.tokens();
+  const int n = valid ? static_cast<int>(id) : 0, it = n / (Hp * Wp), ih = (n / Wp) % Hp, iw = n % Wp;
   const int64_t HW = g.H * g.W, THW = g.T * HW;
   const int64_t corner = b * g.C * THW + static_cast<int64_t>(it) * t * HW + static_cast<int64_t>(ih) * p * g.W + iw * p;
   for (int i = threadIdx.x; i < PC / V; i += blockDim.x) {  // i*V = ((c*t + dt)*p + dy)*p + dx
     const int dx = (i % per_row) * V, dy = (i / per_row) % p, dt = (i / (per_row * p)) % t, c = i / (per_row * p * t);
     float x[V];
-    load_f32<V>(a.videos, a.v_dtype, corner + c * THW + dt * HW + static_cast<int64_t>(dy) * g.W + dx, x);
+    if (valid) {
+      load_f32<V>(a.videos, a.v_dtype, corner + c * THW + dt * HW + static_cast<int64_t>(dy) * g.W + dx, x);
+    } else {
+#pragma unroll
+      for (int k = 0; k < V; ++k) x[k] = 0.f;
+    }
     if (a.unnorm.on) {
       float scale = 0.f, shift = 0.f;  // unrolled pick: an indexed param array would go to local memory
 #pragma unroll
@@ -84,10 +91,11 @@ __device__ __forceinline__ void targets(const float* sx, int k, int C, int P, fl
   }
 }
 
+// 1 for a scored cube (all of them in V1), 0 otherwise and for an id outside [0, N).
 __device__ __forceinline__ float cube_weight(const NormPixMseArgs& a, int64_t cube_row) {
-  if (!a.mask) return 1.f;
-  const int64_t b = cube_row / a.n_dec;
-  return a.mask[b * a.g.tokens() + a.ids[cube_row]] ? 1.f : 0.f;
+  const int64_t id = a.ids[cube_row];
+  if (id < 0 || id >= a.g.tokens()) return 0.f;
+  return !a.scored || a.scored[cube_row] ? 1.f : 0.f;
 }
 
 template <int V>

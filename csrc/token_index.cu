@@ -1,4 +1,4 @@
-// Masks -> token row indices, and the deterministic reductions the backward passes share
+// Token-id tables -> their inverse maps (token -> row), and the deterministic reductions the backward passes share
 // (positional-embedding grads, bias / mask-token grads). Fixed summation orders, no atomics.
 #include "common.cuh"
 
@@ -6,38 +6,21 @@ namespace videomae {
 
 namespace {
 
-constexpr int kScanThreads = 256;
+constexpr int kInvThreads = 256;
 
-// One block per batch row: each thread counts a contiguous chunk, a block scan gives its first rank.
-__global__ void token_index_kernel(const bool* __restrict__ flags, bool select, int64_t N, int64_t n_sel,
-                                   int32_t* __restrict__ ids, int32_t* __restrict__ inv) {
-  __shared__ int scan[kScanThreads];
-  const int64_t b = blockIdx.x;
-  const bool* f = flags + b * N;
-  const int64_t chunk = ceil_div(N, kScanThreads);
-  const int64_t lo = min(N, threadIdx.x * chunk), hi = min(N, lo + chunk);
-  int count = 0;
-  for (int64_t i = lo; i < hi; ++i) count += f[i] == select;
-  scan[threadIdx.x] = count;
-  __syncthreads();
-  for (int off = 1; off < kScanThreads; off <<= 1) {  // Hillis-Steele inclusive scan
-    const int v = threadIdx.x >= off ? scan[threadIdx.x - off] : 0;
-    __syncthreads();
-    scan[threadIdx.x] += v;
-    __syncthreads();
-  }
-  int64_t r = scan[threadIdx.x] - count;
-  for (int64_t i = lo; i < hi; ++i) {
-    const bool sel = f[i] == select;
-    if (inv) inv[b * N + i] = sel && r < n_sel ? static_cast<int32_t>(r) : -1;
-    if (sel) {
-      if (r < n_sel) ids[b * n_sel + r] = static_cast<int32_t>(i);
-      ++r;
+// One block per batch row (grid-striding over rows): fill the row with -1, then write each listed token's rank.
+// Ids outside [0, N) are skipped; duplicate ids (masking.token_ids makes none) would race but stay in bounds.
+__global__ void inverse_index_kernel(const int64_t* __restrict__ ids, int64_t B, int64_t N, int64_t n_sel,
+                                     int32_t* __restrict__ inv) {
+  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
+    int32_t* row = inv + b * N;
+    for (int64_t n = threadIdx.x; n < N; n += blockDim.x) row[n] = -1;
+    __syncthreads();  // every -1 lands before any rank (a thread's fill may cover another thread's token)
+    for (int64_t r = threadIdx.x; r < n_sel; r += blockDim.x) {
+      const int64_t n = ids[b * n_sel + r];
+      if (n >= 0 && n < N) row[n] = static_cast<int32_t>(r);
     }
   }
-  // A row with too few selected tokens (callers reject such masks) still gets in-bounds ids.
-  const int64_t total = scan[kScanThreads - 1];
-  for (int64_t k = total + threadIdx.x; k < n_sel; k += kScanThreads) ids[b * n_sel + k] = 0;
 }
 
 __global__ void scatter_rows_sum_kernel(const void* __restrict__ g, DType g_dtype, int64_t g_batch_stride,
@@ -102,11 +85,11 @@ __global__ void col_sum_final_kernel(const float* __restrict__ partial, int64_t 
 
 }  // namespace
 
-void token_index(const bool* flags, bool select, int64_t B, int64_t N, int64_t n_sel, int32_t* ids, int32_t* inv,
-                 cudaStream_t stream) {
-  if (B == 0) return;
-  token_index_kernel<<<static_cast<unsigned>(B), kScanThreads, 0, stream>>>(flags, select, N, n_sel, ids, inv);
-  check_launch("token_index");
+void inverse_index(const int64_t* ids, int64_t B, int64_t N, int64_t n_sel, int32_t* inv, cudaStream_t stream) {
+  if (B * N == 0) return;
+  const unsigned blocks = static_cast<unsigned>(B < 65535 ? B : 65535);
+  inverse_index_kernel<<<blocks, kInvThreads, 0, stream>>>(ids, B, N, n_sel, inv);
+  check_launch("inverse_index");
 }
 
 void scatter_rows_sum(const void* g, DType g_dtype, int64_t g_batch_stride, const int32_t* inv, int64_t B, int64_t N,

@@ -37,11 +37,12 @@ struct ChannelAffine {
   bool on;
 };
 
-// ---- token_index.cu: masks -> row indices, and the deterministic reductions shared by the backward passes.
-// ids[b, r] = position of the r-th token of row b with flags[b, n] == select (raster order), r < n_sel;
-// inv[b, n] = r for those tokens, -1 elsewhere (inv may be null).
-void token_index(const bool* flags, bool select, int64_t B, int64_t N, int64_t n_sel, int32_t* ids, int32_t* inv,
-                 cudaStream_t stream);
+// ---- token_index.cu: the inverse of a token-id table, and the deterministic reductions shared by the backward
+// passes. Token ids are int64 [B, n_sel], raster order; an id outside [0, N) is skipped by every kernel (it reads and
+// writes nothing: its output row gets zeros, its pos term is 0, its loss weight is 0), so a bad id can never reach
+// memory out of bounds. masking.token_ids makes ids in range and distinct; the kernels do not report bad ones.
+// inv[b, n] = r where ids[b, r] == n, -1 for tokens not listed (one writer per token for ids without duplicates).
+void inverse_index(const int64_t* ids, int64_t B, int64_t N, int64_t n_sel, int32_t* inv, cudaStream_t stream);
 // out[n, d] (+)= sum over b, in order, of g[b*g_batch_stride + inv[b, n]*D + d] where inv[b, n] >= 0 (fp32 out).
 void scatter_rows_sum(const void* g, DType g_dtype, int64_t g_batch_stride, const int32_t* inv, int64_t B, int64_t N,
                       int64_t D, bool accumulate, float* out, cudaStream_t stream);
@@ -52,21 +53,24 @@ void col_sum(const void* g, DType g_dtype, int64_t rows, int64_t rows_per_batch,
              float* partial, float* out, cudaStream_t stream);
 
 // ---- cube_embed.cu
-// patches[b*n_sel + r, (c, dt, dy, dx)] = affine(videos[b, c, it*t + dt, ih*p + dy, iw*p + dx]), n = ids[b, r].
-void cube_embed_gather(const void* videos, DType v_dtype, const CubeGeom& g, const int32_t* ids, int64_t n_sel,
+// patches[b*n_sel + r, (c, dt, dy, dx)] = affine(videos[b, c, it*t + dt, ih*p + dy, iw*p + dx]), n = ids[b, r]:
+// any clip dtype (fp32, 16-bit, uint8) converted in registers to the patches' dtype.
+void cube_embed_gather(const void* videos, DType v_dtype, const CubeGeom& g, const int64_t* ids, int64_t n_sel,
                        const ChannelAffine& affine, void* patches, DType p_dtype, cudaStream_t stream);
-// grad_videos[b, c, T, H, W] = grad_patches row inv[b, n] of the cube holding it, 0 for cubes not embedded.
-void cube_embed_scatter(const void* grad_patches, const CubeGeom& g, const int32_t* inv, int64_t n_sel,
-                        void* grad_videos, DType dtype, cudaStream_t stream);
-// out[m, d] = y[m, d] + pos[ids[m], d].to(out dtype), added in fp32 and rounded once; m = b*n_sel + r.
-void cube_embed_add_pos(const void* y, DType y_dtype, const void* pos, DType pos_dtype, const int32_t* ids,
+// grad_videos[b, c, T, H, W] (v_dtype) = grad_patches (p_dtype) row inv[b, n] of the cube holding it, 0 for cubes
+// not embedded.
+void cube_embed_scatter(const void* grad_patches, DType p_dtype, const CubeGeom& g, const int32_t* inv, int64_t n_sel,
+                        void* grad_videos, DType v_dtype, cudaStream_t stream);
+// out[m, d] = y[m, d] + pos[ids[m], d].to(out dtype), added in fp32 and rounded once; m = b*n_sel + r, N pos rows.
+void cube_embed_add_pos(const void* y, DType y_dtype, const void* pos, DType pos_dtype, const int64_t* ids, int64_t N,
                         int64_t rows, int64_t D, void* out, DType out_dtype, cudaStream_t stream);
 
 // ---- decoder_input.cu (its backward: a slice of grad, col_sum and scatter_rows_sum)
-// out[b, r] = x_vis[b, r] + pos[ids_vis[b, r]] for r < n_vis; out[b, n_vis + j] = mask_token + pos[ids_dec[b, j]].
+// out[b, r] = x_vis[b, r] + pos[ids_vis[b, r]] for r < n_vis; out[b, n_vis + j] = mask_token + pos[ids_dec[b, j]];
+// N pos rows.
 void decoder_input_fwd(const void* x_vis, DType x_dtype, const void* mask_token, DType t_dtype, const void* pos,
-                       DType pos_dtype, const int32_t* ids_vis, const int32_t* ids_dec, int64_t B, int64_t n_vis,
-                       int64_t n_dec, int64_t D, void* out, DType out_dtype, cudaStream_t stream);
+                       DType pos_dtype, const int64_t* ids_vis, const int64_t* ids_dec, int64_t N, int64_t B,
+                       int64_t n_vis, int64_t n_dec, int64_t D, void* out, DType out_dtype, cudaStream_t stream);
 
 // ---- norm_pix_mse.cu
 struct NormPixMseArgs {
@@ -75,14 +79,15 @@ struct NormPixMseArgs {
   const void* videos;
   DType v_dtype;
   CubeGeom g;
-  const int32_t* ids;  // decoded tokens [B, n_dec]
-  const bool* mask;    // [B, N], True = masked: the V2 weight of a decoded cube; null for V1 (all weights 1)
+  const int64_t* ids;   // decoded tokens [B, n_dec]
+  const bool* scored;   // [B, n_dec]: the V2 weight (0/1) of each decoded cube; null for V1 (all weights 1)
   int64_t n_dec;
   bool normalize;
   bool mae_st;          // joint eps-inside stats on the normalized input; else per-channel eps-outside on [0, 1]
   ChannelAffine unnorm;  // videomae style: normalized input -> [0, 1] pixels
 };
 // loss = sum_cubes w * sum (pred - target)^2 / (cube * sum_cubes w), into loss[0]; partial: B*n_dec floats.
+// The weight sum is reduced on the device: no count travels to the host.
 void norm_pix_mse_fwd(const NormPixMseArgs& a, float* partial, float* loss, cudaStream_t stream);
 // grad_pred = 2 * grad_loss * w * (pred - target) / (cube * sum w), in pred's dtype; scratch: 1 float.
 void norm_pix_mse_bwd(const NormPixMseArgs& a, const float* grad_loss, float* scratch, void* grad_pred,

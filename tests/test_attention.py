@@ -1,6 +1,7 @@
 """Attention backends on the CPU: agreement with an fp64 reference, dispatch and its explanations,
-the switch (API and VIDEOMAE_ATTN), dropout, determinism, torch.compile. CUDA-only backends (flash-attn,
-cuDNN, efficient, xformers) are checked for their refusal reasons here and timed by bench/train_step.py."""
+the switch (API and VIDEOMAE_ATTN), the per-shape choice cache, dropout, determinism, torch.compile.
+CUDA-only backends (flash-attn, cuDNN, efficient, xformers) are checked for their refusal reasons here and
+timed by `videomae.attention_tune` from the benchmark."""
 
 from __future__ import annotations
 
@@ -10,18 +11,22 @@ import pytest
 import torch
 
 import videomae.attention as A
+from videomae import attention_tune, dispatch
 from videomae.layers.attention import Attention
+from videomae.layers.block import Block
 
 CPU_BACKENDS = ("eager", "sdpa-math", "sdpa-flash", "sdpa-default")
 
 
 @pytest.fixture(autouse=True)
 def _restore_switch():
-    prev, table = A.get_attention_backend(), dict(A.PRIORITY)
+    """The switch as it was (None: the env var decides) and the table, with no cached choice left behind."""
+    prev, table = dispatch._SWITCH["attention"], dict(A.PRIORITY)
     yield
-    A.set_attention_backend(prev)
+    dispatch._SWITCH["attention"] = prev
     A.PRIORITY.clear()
     A.PRIORITY.update(table)
+    dispatch.clear_cache()
 
 
 def qkv(b, h, n, d, dtype=torch.float32, seed=0):
@@ -37,6 +42,7 @@ def rel(x, ref):
 @pytest.mark.parametrize("shape", [(2, 3, 37, 64), (1, 2, 160, 32), (2, 1, 1, 16), (1, 6, 300, 64)])
 @pytest.mark.parametrize("name", CPU_BACKENDS)
 def test_fp32_forward_backward_match_fp64_reference(name, shape):
+    torch.manual_seed(0)  # the output gradient below: the same draw whatever ran before
     q, k, v = (t.requires_grad_() for t in qkv(*shape))
     scale = shape[-1] ** -0.5
     out = A.BACKENDS[name](q, k, v, scale, 0.0)
@@ -73,7 +79,7 @@ def test_dispatch_picks_per_device_dtype_and_dropout():
         A.select_backend(q, k, v, 0.1, name="sdpa-flash")
     # Head dim not a multiple of 8: flash refuses, auto still runs something exact.
     q5, k5, v5 = qkv(1, 2, 16, 20)
-    assert "head dim 20" in " ".join(A.BACKENDS["sdpa-flash"].not_supported_reasons(q5, k5, v5))
+    assert "head dim 20" in " ".join(A.BACKENDS["sdpa-flash"].reasons(q5, k5, v5))
     assert A.select_backend(q5, k5, v5, name="auto").name == "sdpa-math"
     assert A.select_backend(q, k, v, name="sdpa").name.startswith("sdpa")
 
@@ -97,7 +103,7 @@ def test_package_backends_report_missing_packages():
 
 def test_wrong_dtype_and_mixed_dtypes_are_reasons():
     q, k, v = qkv(1, 2, 16, 64)
-    reasons = A.BACKENDS["sdpa-flash"].not_supported_reasons(q, k.double(), v)
+    reasons = A.BACKENDS["sdpa-flash"].reasons(q, k.double(), v)
     assert any("dtypes differ" in r for r in reasons)
     with pytest.raises(ValueError, match="attention backend must be one of"):
         A.set_attention_backend("flash3000")
@@ -114,16 +120,18 @@ def test_switch_by_api_and_context_manager():
 
 
 def test_switch_by_env_var(monkeypatch):
+    dispatch.set_backend("attention", None)  # nothing set by the API (another test file may have): the env decides
     monkeypatch.setenv(A.ENV, "sdpa-math")
     try:
         mod = importlib.reload(A)
         assert mod.get_attention_backend() == "sdpa-math"
         q, k, v = qkv(1, 2, 16, 64)
         assert mod.select_backend(q, k, v).name == "sdpa-math"
-        # The layers hold the function object; it reads the reloaded module's switch.
+        # The layers hold the old module's function object; the switch lives in videomae.dispatch, so it
+        # dispatches the same way.
         from videomae.layers import attention as layer_mod
 
-        assert layer_mod.scaled_dot_product_attention.__globals__["_backend"] == "sdpa-math"
+        assert layer_mod.scaled_dot_product_attention.__globals__["select_backend"](q, k, v).name == "sdpa-math"
     finally:
         monkeypatch.delenv(A.ENV)
         importlib.reload(A)
@@ -180,13 +188,138 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(compiled(x), ref, rtol=1e-5, atol=1e-6)
 
 
+def test_block_compiles_fullgraph_with_zero_graph_breaks():
+    """Under `auto` the choice is made at trace time on static shapes: one graph, no break, eager's output."""
+    torch.manual_seed(0)
+    block = Block(64, 4).eval()
+    x = torch.randn(2, 40, 64)
+    ref = block(x)
+    torch._dynamo.reset()
+    explain = torch._dynamo.explain(block)(x)
+    assert explain.graph_break_count == 0 and explain.graph_count == 1, explain.break_reasons
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_choice_is_a_constant_until_the_switch_changes():
+    """One graph for repeated calls (no guard on the dispatcher's caches); a new switch recompiles, and runs."""
+    torch.manual_seed(0)
+    block = Block(64, 4).eval()
+    x = torch.randn(2, 40, 64)
+    graphs = []
+
+    def count(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True, backend=count)
+    for _ in range(3):
+        compiled(x)
+    assert len(graphs) == 1
+    ran = lambda gm: {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}  # noqa: E731
+    assert any("scaled_dot_product" in t for t in ran(graphs[0]))  # auto on CPU: the SDPA flash kernel
+    A.set_attention_backend("eager")
+    torch.testing.assert_close(compiled(x), block(x), rtol=1e-5, atol=1e-6)
+    assert len(graphs) == 2 and not any("scaled_dot_product" in t for t in ran(graphs[1]))
+
+
+def _misses():
+    return dispatch.cache_info()["misses"]
+
+
+def test_auto_choice_is_cached_per_shape_dtype_and_dropout():
+    q, k, v = qkv(1, 2, 16, 64)
+    dispatch.clear_cache()
+    before = _misses()
+    for _ in range(5):
+        assert A.select_backend(q, k, v).name == "sdpa-flash"
+    assert _misses() == before + 1  # one walk of the table, then hits
+    hits = dispatch.cache_info()["hits"]
+    A.scaled_dot_product_attention(q, k, v, 0.125)
+    assert dispatch.cache_info()["hits"] == hits + 1 and _misses() == before + 1
+    # New shape, new dtype, dropout on: each walks once; the dropout value itself does not matter.
+    q2, k2, v2 = qkv(1, 2, 24, 64)
+    assert A.select_backend(q2, k2, v2).name == "sdpa-flash"
+    assert A.select_backend(q.double(), k.double(), v.double()).name == "sdpa-flash"
+    assert A.select_backend(q, k, v, 0.1).name == "sdpa-math"
+    assert A.select_backend(q, k, v, 0.3).name == "sdpa-math"
+    assert _misses() == before + 4
+    # A non-contiguous last dim is its own key: flash refuses it.
+    qt = q.transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert A.select_backend(qt, k, v).name == "sdpa-math"
+
+
+def test_cache_is_invalidated_by_the_switch_and_the_table():
+    q, k, v = qkv(1, 2, 16, 64)
+    assert A.select_backend(q, k, v).name == "sdpa-flash"
+    A.set_attention_backend("eager")
+    assert dispatch.cache_info()["size"] == 0
+    assert A.select_backend(q, k, v).name == "eager"
+    with A.use_attention_backend("sdpa-math"):
+        assert dispatch.cache_info()["size"] == 0
+        assert A.select_backend(q, k, v).name == "sdpa-math"
+    assert dispatch.cache_info()["size"] == 0
+    assert A.select_backend(q, k, v).name == "eager"
+    A.set_attention_backend("auto")
+    assert A.select_backend(q, k, v).name == "sdpa-flash"
+    dispatch.set_priority(dispatch.priority_key("attention", {"q": q}), ["eager", "sdpa-flash"])
+    assert A.select_backend(q, k, v).name == "eager"  # a freshly installed order takes effect at once
+
+
+def test_env_var_read_at_each_call_and_explicit_switch_wins(monkeypatch):
+    q, k, v = qkv(1, 2, 16, 64)
+    dispatch.set_backend("attention", None)  # nothing set by the API: the env var decides
+    monkeypatch.setenv(A.ENV, "eager")
+    assert A.get_attention_backend() == "eager" and A.select_backend(q, k, v).name == "eager"
+    monkeypatch.setenv(A.ENV, "SDPA_Math")
+    assert A.select_backend(q, k, v).name == "sdpa-math"
+    with A.use_attention_backend("sdpa-flash"):
+        assert A.select_backend(q, k, v).name == "sdpa-flash"
+    assert A.select_backend(q, k, v).name == "sdpa-math"
+    monkeypatch.setenv(A.ENV, "flash3000")
+    with pytest.raises(ValueError, match=A.ENV):
+        A.select_backend(q, k, v)
+
+
+def test_auto_with_no_runnable_backend_lists_every_reason():
+    q = torch.randn(2, 16, 64)  # not [B, H, N, d]
+    with pytest.raises(A.AttentionNotSupported, match="no attention backend can run attention") as e:
+        A.select_backend(q, q, q)
+    for name in A.priority(q):
+        assert f"{name}: " in str(e.value) and "not [B, H, N, d]" in str(e.value)
+    assert A.AttentionNotSupported is dispatch.NotSupportedError
+
+
+def test_forward_path_does_not_import_the_tuner():
+    """The timing helpers live in videomae.attention_tune; importing the model's attention never loads it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, videomae.attention as A; from videomae.layers.block import Block;"
+            "Block(32, 2)(torch.randn(1, 5, 32)); print('videomae.attention_tune' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    assert A.tune is attention_tune.tune  # still reachable from the old place, lazily
+
+
 def test_tune_installs_measured_order():
     q, k, v = qkv(1, 2, 64, 32)
-    ms = A.tune(q, k, v, reps=2)
+    ms = attention_tune.tune(q, k, v, reps=2)
     assert set(ms) == {"eager", "sdpa-math", "sdpa-flash"}  # what can run here (sdpa-default excluded)
     assert all(t > 0 for t in ms.values())
     order = A.priority(q)
     assert order[:3] == sorted(ms, key=ms.get)
+
+
+def test_reference_errors_rehearse_the_gpu_check():
+    """The GPU test's helper on CPU: fp32 backends against fp64 (output and q/k/v grads), bf16 eager visibly worse."""
+    q, k, v = qkv(2, 3, 40, 32, seed=4)
+    for name in ("eager", "sdpa-math", "sdpa-flash"):
+        err = attention_tune.reference_errors(name, q, k, v, 32**-0.5)
+        assert set(err) == {"out", "dq", "dk", "dv"} and max(err.values()) < 1e-5, (name, err)
+    bf16 = attention_tune.reference_errors("eager", *(t.bfloat16() for t in (q, k, v)), 32**-0.5)
+    assert 1e-4 < bf16["out"] < 2e-2
 
 
 def test_backend_report_lists_every_backend():
@@ -205,12 +338,12 @@ def test_cuda_backends_within_twice_eager_error(shape, dtype):
     """Every backend that can run here: output and gradients within 2x eager's own error (flash-attn rule)."""
     q, k, v = (t.cuda() for t in qkv(*shape, dtype=dtype))
     scale = shape[-1] ** -0.5
-    eager = A.reference_errors("eager", q, k, v, scale)
+    eager = attention_tune.reference_errors("eager", q, k, v, scale)
     ran = []
     for name, b in A.BACKENDS.items():
-        if b.not_supported_reasons(q, k, v):
+        if b.reasons(q, k, v):
             continue
-        err = A.reference_errors(name, q, k, v, scale)
+        err = attention_tune.reference_errors(name, q, k, v, scale)
         for key, e in err.items():
             assert e <= 2 * eager[key] + 1e-4, f"{name} {key}: {e:.2e} vs eager {eager[key]:.2e}"
         ran.append(name)

@@ -208,7 +208,8 @@ def test_shape_mismatch_names_the_key_and_file(tmp_path):
     sd = official_pretrain_sd()
     sd["encoder.norm.weight"] = torch.ones(2 * D)
     torch.save({"model": sd}, path)
-    with pytest.raises(ValueError, match=r"big\.pth.*\n.*encoder\.norm\.weight"):
+    with pytest.raises(ValueError, match=r"big\.pth: same size, other shapes \(1 tensors differ, e\.g\. "
+                       r"encoder\.norm\.weight: checkpoint \[\d+\] vs model \[\d+\]\)$"):
         videomae.load_checkpoint(pretrain(), path)
 
 
@@ -221,8 +222,29 @@ def test_pickle_that_could_run_code_is_refused_with_the_file_name(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"model": official_pretrain_sd(), "x": _Evil()}, f, protocol=2)
-    with pytest.raises(RuntimeError, match=r"evil\.pth.*weights_only=True"):
+    with pytest.raises(ValueError, match=r"evil\.pth: holds pickled Python objects .* could run code") as err:
         videomae.load_checkpoint(pretrain(), path)
+    assert "weights_only" not in str(err.value) and "\n" not in str(err.value)  # no advice to turn safety off
+
+
+@pytest.mark.parametrize("keep", [0, 100, 5000])
+def test_truncated_file_is_one_line_naming_it(tmp_path, keep):
+    whole = tmp_path / "whole.pth"
+    torch.save({"model": official_pretrain_sd()}, whole)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(whole.read_bytes()[:keep])
+    with pytest.raises(ValueError) as err:
+        videomae.load_checkpoint(pretrain(), cut)
+    text = str(err.value)
+    assert text.startswith(f"{cut}: ") and "\n" not in text and "weights_only" not in text
+    assert "truncated" in text or "corrupt" in text
+
+
+def test_another_model_size_is_one_line_naming_both():
+    small = videomae.create_model("pretrain_videomae_small_patch16_224", img_size=32, num_frames=4)
+    with pytest.raises(ValueError, match=r"^<state dict>: a ViT width 384, 12 blocks, patch 16 checkpoint, "
+                       r"the model is a ViT width \d+, \d+ blocks, patch 16 \(\d+ tensors differ"):
+        videomae.load_checkpoint(pretrain(), {"model": small.state_dict()})
 
 
 # --------------------------------------------------------------------------
@@ -295,9 +317,10 @@ def test_mae_st_encoder_maps_exactly_and_decoder_is_reported():
     assert report.layout == "mae_st" and any("k bias" in why for _, why in report.dropped)
     assert all(k.startswith(("decoder.", "encoder_to_decoder", "mask_token")) for k in report.missing)
     videos = _clips(4)
-    no_mask = torch.zeros(2, 8, dtype=torch.bool)
+    every_token = torch.arange(8).repeat(2, 1)  # the encoder takes the visible token ids: all of them
     with torch.no_grad():
-        torch.testing.assert_close(model.encoder(videos, no_mask), ref_mae_st_encoder(videos, sd), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.encoder(videos, every_token), ref_mae_st_encoder(videos, sd), rtol=1e-5,
+                                   atol=1e-5)
 
 
 def test_mae_st_class_token_and_pooling_are_reported_not_exact():

@@ -11,7 +11,17 @@ import numpy as np
 import pytest
 
 from videomae.data.lists import read_list
-from videomae.data.synth import CLASSES, STYLES, ensure_synthetic_dataset, render_clip, write_synthetic_dataset
+from videomae.data.synth import (
+    CLASSES,
+    SSM_CLASSES,
+    RawClipReader,
+    ensure_synthetic_dataset,
+    read_raw_clip,
+    render_clip,
+    render_ssm_clip,
+    ssm_clips,
+    write_synthetic_dataset,
+)
 
 
 def decode_all(path):
@@ -129,7 +139,7 @@ def loo_nearest_centroid(features, labels):
     return hits / len(labels)
 
 
-@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("style", ["texture", "smooth"])
 def test_classes_differ_by_motion_not_by_first_frame(style):
     clips, labels = [], []
     for c in range(len(CLASSES)):
@@ -161,3 +171,74 @@ def test_smooth_style_is_low_frequency_and_checked(tmp_path):
         write_synthetic_dataset(tmp_path, num_train=1, num_val=0, num_frames=2, size=32, style="flat")
     paths = ensure_synthetic_dataset(tmp_path / "s", num_train=1, num_val=0, num_frames=4, size=32, style="smooth")
     assert json.loads((paths["root"] / "meta.json").read_text())["style"] == "smooth"
+
+
+# ---------------------------------------------------------------- style "ssm"
+
+
+def test_ssm_files_lists_and_raw_reader(tmp_path):
+    paths = write_synthetic_dataset(tmp_path / "ssm", num_train=12, num_val=4, num_frames=6, size=16, seed=1,
+                                    style="ssm", num_test=2)
+    train = read_list(paths["train"])
+    assert [r.label for r in train] == list(range(12))
+    assert paths["train"].read_text().splitlines()[0] == "videos/train_00000.npy 0"
+    assert len(read_list(paths["test"])) == 2
+    assert paths["classes"].read_text().split() == list(SSM_CLASSES)
+    reader = RawClipReader(train[3].path)  # what the decoders' dispatch opens for `.npy` list entries
+    assert len(reader) == 6 and reader.get(np.array([1, 4])).shape == (2, 16, 16, 3)
+    clip = read_raw_clip(train[3].path)
+    assert clip.shape == (6, 16, 16, 3) and clip.dtype == np.uint8
+    np.testing.assert_array_equal(clip, ssm_clips(0, 12, 6, 16, seed=1)[0][3])  # raw: bit-exact, no codec
+    again = ensure_synthetic_dataset(tmp_path / "ssm", num_train=12, num_val=4, num_frames=6, size=16, seed=1,
+                                     style="ssm", num_test=2)
+    assert again["test"] == paths["test"]
+    np.save(tmp_path / "bad.npy", np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match="bad.npy: expected uint8"):
+        read_raw_clip(tmp_path / "bad.npy")
+    with pytest.raises(ValueError, match="num_test"):
+        write_synthetic_dataset(tmp_path / "x", num_train=1, num_val=0, num_frames=2, size=32, num_test=1)
+    with pytest.raises(ValueError, match="render_ssm_clip"):
+        render_clip(0, 2, 32, np.random.default_rng(0), "ssm")
+    with pytest.raises(ValueError, match="label"):
+        render_ssm_clip(12, 2, 32, np.random.default_rng(0))
+
+
+def test_ssm_pairs_share_the_first_frame_only():
+    clips, labels = ssm_clips(0, 24, 8, 32, seed=5)
+    assert labels.tolist() == [i % 12 for i in range(24)]
+    for i in range(0, 24, 2):
+        np.testing.assert_array_equal(clips[i, 0], clips[i + 1, 0])  # a single first frame cannot tell them apart
+        assert np.abs(clips[i, -1].astype(int) - clips[i + 1, -1].astype(int)).max() > 20, SSM_CLASSES[labels[i]]
+
+
+def _change_centroid(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Circular (torus) centroid (y, x) of where two frames differ, in pixels."""
+    weight = np.abs(a.astype(np.float64) - b.astype(np.float64)).sum(-1)
+    out = []
+    for axis, n in ((0, a.shape[0]), (1, a.shape[1])):
+        theta = 2 * np.pi * np.arange(n) / n
+        profile = weight.sum(axis=1 - axis)
+        out.append(np.angle((profile * np.exp(1j * theta)).sum()) * n / (2 * np.pi))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("name, axis, sign", [("left", 1, -1), ("right", 1, 1), ("up", 0, -1), ("down", 0, 1)])
+def test_ssm_translation_direction_and_speed(name, axis, sign):
+    # An estimator of its own: where consecutive frames change moves with the object.
+    label = SSM_CLASSES.index(name)
+    for k in range(6):
+        clip = render_ssm_clip(label, 16, 48, np.random.default_rng((7, k)))
+        early, late = _change_centroid(clip[0], clip[2]), _change_centroid(clip[12], clip[14])
+        step = (late - early + 24) % 48 - 24  # on the torus
+        assert sign * step[axis] > 4, (name, step)  # 12 frames at 0.5-1 px per frame
+        assert abs(step[axis]) <= 13 and abs(step[1 - axis]) < 2, (name, step)  # at most ~1 px per frame
+
+
+def test_ssm_motion_is_slow_and_the_background_persists():
+    clips, _ = ssm_clips(1, 48, 16, 32, seed=2)
+    frames = clips.astype(np.float64)
+    changed = np.abs(np.diff(frames, axis=1)).max(-1) > 2  # [N, T-1, H, W]
+    # Most of each frame is the static background; only the object's neighbourhood changes.
+    assert changed.mean() < 0.15, changed.mean()
+    # Low frequency: away from object edges, neighbouring pixels differ by a few levels.
+    assert np.median(np.abs(np.diff(frames[:, 0], axis=2))) < 3

@@ -60,21 +60,38 @@ def test_quadratic_term_scales_with_tokens():
     assert f32["decoder_linear"] == 2 * f16["decoder_linear"]
 
 
+def _cube_embed_flops(videos, weight, bias, pos, visible, *args, out_shape=None, **kwargs) -> int:
+    """The fused cube_embed is a custom op, opaque to FlopCounterMode: its matmul, one K-long dot per visible
+    cube and output channel."""
+    return 2 * visible[0] * visible[1] * weight[0] * weight[1] * weight[2] * weight[3] * weight[4]
+
+
+def _cube_embed_backward_flops(grad, videos, weight, visible, mean, std, needs, *args, out_shape=None, **kwargs):
+    """d weight and, when asked for, d videos: each as many MACs as the forward."""
+    return sum(needs[:2]) * _cube_embed_flops(videos, weight, None, None, visible)
+
+
 def test_matches_torch_flop_counter_forward_and_backward():
-    """Count a real unfused step of a tiny model with torch's FlopCounterMode: equal, not approximate."""
+    """Count a real step of a tiny model (torch backend, eager attention) with torch's FlopCounterMode: equal,
+    not approximate. The fused cube_embed embeds only the visible cubes (`embed_all=False`)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from videomae import ops
+
     torch.manual_seed(0)
-    model = videomae.create_model("pretrain_videomae_tiny_patch16_224", num_frames=4, img_size=64, fused=False)
+    model = videomae.create_model("pretrain_videomae_tiny_patch16_224", num_frames=4, img_size=64)
     s = PretrainShape(192, 2, 768, 96, 1, 384, 16, 2, 3)
     assert s == shape_for("pretrain_videomae_tiny_patch16_224", num_frames=4, img_size=64)
     videos = torch.randn(2, 3, 4, 64, 64)
-    mask = videomae.masking.tube_mask(2, (2, 4, 4), 0.75)
-    with attention.use_attention_backend("eager"), FlopCounterMode(display=False) as fwd_count:
-        pred = model(videos, mask)
-    with attention.use_attention_backend("eager"), FlopCounterMode(display=False) as all_count:
-        pred = model(videos, mask)
-        pred.float().pow(2).mean().backward()
-    f = pretrain_flops(s, frames=4, size=64, ratio=0.75)
+    ids = videomae.masking.token_ids(videomae.masking.tube_mask(2, (2, 4, 4), 0.75))
+    custom = {torch.ops.videomae.cube_embed_torch: _cube_embed_flops,
+              torch.ops.videomae.cube_embed_torch_backward: _cube_embed_backward_flops}
+    with ops.use_backend("torch"), attention.use_attention_backend("eager"):
+        with FlopCounterMode(display=False, custom_mapping=custom) as fwd_count:
+            pred = model(videos, ids)
+        with FlopCounterMode(display=False, custom_mapping=custom) as all_count:
+            pred = model(videos, ids)
+            pred.float().pow(2).mean().backward()
+    f = pretrain_flops(s, frames=4, size=64, ratio=0.75, embed_all=False)
     assert fwd_count.get_total_flops() == 2 * f["fwd"]  # batch of 2 clips
     assert all_count.get_total_flops() == 2 * f["fwd_bwd"]

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import videomae
-from videomae.interop.hf import from_pretrained, model_from_hf_config, official_to_hf
+from videomae.checkpoint import from_pretrained, model_from_hf_config
+from videomae.interop.hf import official_to_hf
 from videomae.masking import tube_mask
 
 transformers = pytest.importorskip("transformers")
@@ -149,10 +150,32 @@ def test_export_to_hf_and_back(layout):
 def test_config_json_dict_and_unrepresentable_configs():
     ours = model_from_hf_config({**CONFIG, "use_mean_pooling": False, "architectures": ["VideoMAEForPreTraining"]})
     assert isinstance(ours, videomae.PretrainVisionTransformer) and ours.encoder.blocks[0].norm1.eps == 1e-12
-    with pytest.raises(ValueError, match="use_mean_pooling"):
-        model_from_hf_config({**CONFIG, "use_mean_pooling": True}, task="pretrain")
     with pytest.raises(ValueError, match="task"):
         model_from_hf_config(CONFIG)
+
+
+def test_mean_pooling_pretraining_config_has_no_encoder_norm_and_matches_transformers():
+    # transformers' default (use_mean_pooling=True) builds the pretraining encoder without a final LayerNorm.
+    hf = hf_pretrain(use_mean_pooling=True)
+    assert not any(k.startswith("videomae.layernorm") for k in hf.state_dict())
+    ours = model_from_hf_config(hf.config, task="pretrain", fused=False).eval()
+    report = videomae.load_checkpoint(ours, hf.state_dict(), strict=True)
+    assert report.exact and not report.missing and not report.unexpected
+    clips, mask = _clips(seed=6), tube_mask(2, (2, 2, 2), 0.5, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert _rel(ours(_ours(clips), mask), hf(clips, bool_masked_pos=mask).logits) < 1e-4
+
+
+def test_load_checkpoint_takes_a_hugging_face_folder(tmp_path):
+    hf = hf_pretrain()
+    hf.save_pretrained(tmp_path)
+    ours = model_from_hf_config(hf.config, task="pretrain", fused=False).eval()
+    report = videomae.load_checkpoint(ours, tmp_path, strict=True)
+    assert report.layout == "hf" and report.exact
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"empty: .*no config\.json"):
+        videomae.load_checkpoint(ours, empty)
 
 
 def test_from_pretrained_folder_written_by_transformers(tmp_path):

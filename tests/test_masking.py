@@ -4,7 +4,16 @@ simulation of the official Cell queue."""
 import pytest
 import torch
 
-from videomae.masking import check_mask, frame_mask, make_mask, random_mask, running_cell_mask, tube_mask
+from videomae.masking import (
+    TokenIds,
+    check_mask,
+    frame_mask,
+    make_mask,
+    random_mask,
+    running_cell_mask,
+    token_ids,
+    tube_mask,
+)
 
 
 def test_tube_mask_hides_int_ratio_per_frame_with_one_pattern():
@@ -74,3 +83,30 @@ def test_bad_arguments_raise():
         make_mask("block", 1, (2, 2, 2), 0.5)
     with pytest.raises(ValueError, match="same number"):
         check_mask(torch.tensor([[True, False], [True, True]]), 2, 2)
+
+
+def test_token_ids_hand_computed_v1_and_v2():
+    mask = torch.tensor([[False, True, False, True], [True, True, False, False]])
+    ids = token_ids(mask)
+    assert ids.visible.tolist() == [[0, 2], [2, 3]] and ids.decoded.tolist() == [[1, 3], [0, 1]]
+    assert ids.scored is None and ids.visible.dtype == ids.decoded.dtype == torch.int64
+    # V2: decoded = not decode-masked (may include visible tokens); scored = decoded and masked.
+    decode_mask = torch.tensor([[True, False, False, True], [False, True, True, False]])
+    ids = token_ids(mask, decode_mask)
+    assert ids.decoded.tolist() == [[1, 2], [0, 3]]
+    assert ids.scored.tolist() == [[True, False], [True, False]]
+    assert torch.equal(ids.mask(4), mask)
+
+
+def test_token_ids_round_trip_and_validation():
+    mask = tube_mask(3, (2, 4, 4), 0.75, torch.Generator().manual_seed(0))
+    ids = token_ids(mask)
+    assert isinstance(ids, TokenIds) and ids.visible.shape == (3, 8) and ids.decoded.shape == (3, 24)
+    assert torch.equal(ids.mask(32), mask)
+    assert torch.equal(ids.to("cpu").visible, ids.visible)
+    uneven = mask.clone()
+    uneven[0, ~mask[0]] = True
+    with pytest.raises(ValueError, match="same number"):
+        token_ids(uneven)
+    with pytest.raises(ValueError, match="decode_mask"):
+        token_ids(mask, torch.zeros(3, 31, dtype=torch.bool))

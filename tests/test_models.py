@@ -6,13 +6,21 @@ import pytest
 import torch
 
 import videomae
+from videomae import ops
 from videomae.layers import Attention, Block, sinusoid_table
 from videomae.layers.pos_embed import resize_pos_embed
-from videomae.masking import tube_mask
+from videomae.masking import token_ids, tube_mask
+
+
+@pytest.fixture(autouse=True)
+def eager_ops():
+    """Model conventions, checked on the eager reference: the backends' kernels have their own tests (tests/ops)."""
+    with ops.use_backend("torch"):
+        yield
 
 
 def tiny_pretrain(**kw):
-    base = dict(img_size=32, num_frames=4, patch_size=16, fused=False)
+    base = dict(img_size=32, num_frames=4, patch_size=16)
     return videomae.create_model("pretrain_videomae_tiny_patch16_224", **{**base, **kw})
 
 
@@ -139,13 +147,13 @@ def test_decoder_input_order_visible_then_masked_in_raster_order():
     x_vis = torch.randn(1, 2, d)
     mask = torch.tensor([[False, True, False, True]])
     pos = sinusoid_table(4, d)[0]
-    out = model.decoder_input(x_vis, (1, 2, 2), mask, None)
+    out = ops.decoder_input(x_vis, model.mask_token, pos, *token_ids(mask)[:2])
     m = model.mask_token[0, 0]
     want = torch.stack([x_vis[0, 0] + pos[0], x_vis[0, 1] + pos[2], m + pos[1], m + pos[3]])
     torch.testing.assert_close(out[0], want)
     # V2 dual masking: decoded = ~decode_mask, which may include visible tokens.
     decode_mask = torch.tensor([[True, False, False, True]])
-    out = model.decoder_input(x_vis, (1, 2, 2), mask, decode_mask)
+    out = ops.decoder_input(x_vis, model.mask_token, pos, *token_ids(mask, decode_mask)[:2])
     want = torch.stack([x_vis[0, 0] + pos[0], x_vis[0, 1] + pos[2], m + pos[1], m + pos[2]])
     torch.testing.assert_close(out[0], want)
 
@@ -168,7 +176,8 @@ def test_encoder_output_does_not_depend_on_masked_pixels():
     other = video.clone()
     other[..., :16, :16] = 5.0  # cube 0 (masked)
     other[..., 16:, :16] = -3.0  # cube 2 (masked)
-    torch.testing.assert_close(model.encoder(video, mask), model.encoder(other, mask))
+    visible = token_ids(mask).visible
+    torch.testing.assert_close(model.encoder(video, visible), model.encoder(other, visible))
 
 
 def test_other_clip_sizes_regenerate_the_fixed_tables():

@@ -60,10 +60,12 @@ def test_pretrain_writes_checkpoints_logs_plots_and_pictures(pretrained):
     steps = read_steps(pretrained)
     assert [r["step"] for r in steps] == list(range(1, 9))  # 8 videos / batch 2 = 4 steps x 2 epochs
     assert steps[0]["lr"] == 0.0 and max(r["lr"] for r in steps) == pytest.approx(1e-2 * 2 / 256)
+    assert all(r["data_wait_s"] >= 0 and r["clips_per_s"] > 0 for r in steps)  # what TensorBoard also gets
     epochs = [json.loads(x) for x in (pretrained / "log.txt").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [0, 1]
     exported = torch.load(pretrained / "model.pth", weights_only=True)
-    assert set(exported) == {"model"} and "encoder.blocks.0.attn.q_bias" in exported["model"]
+    assert set(exported) == {"model", "args"} and "encoder.blocks.0.attn.q_bias" in exported["model"]
+    assert exported["args"]["model"] == "pretrain_videomae_tiny_patch16_224"  # evaluate/visualize rebuild from it
     from safetensors.torch import load_file
 
     st = load_file(str(pretrained / "model.safetensors"))
@@ -83,12 +85,15 @@ def test_finetune_from_the_pretrained_checkpoint_then_evaluate(synth, pretrained
     assert test["views_per_video"] == 6 and test["num_videos"] == 4 and len(test["class_names"]) == 8
     assert (ft / "confusion_matrix.png").stat().st_size > 0
     weights = torch.load(ft / "model.pth", weights_only=True)
-    assert set(weights) == {"module"} and weights["module"]["head.weight"].shape[0] == 8
+    assert set(weights) == {"module", "args"} and weights["module"]["head.weight"].shape[0] == 8
 
     ev = tmp_path / "ev"
+    # No --model, --input_size or --num_frames: evaluate takes them from the arguments stored with the weights.
     code = cli.main(["evaluate", "--data_path", str(synth / "val.txt"), "--checkpoint", str(ft / "model.pth"),
-                     "--output_dir", str(ev), "--test_num_segment", "2", "--test_num_crop", "3", *TINY_VIT])
+                     "--output_dir", str(ev), "--test_num_segment", "2", "--test_num_crop", "3", "--sampling_rate",
+                     "2", "--short_side_size", "32", "--num_workers", "0"])
     assert code == 0
+    assert "--model vit_tiny_patch16_224 (from" in capsys.readouterr().out
     report = json.loads((ev / "eval.json").read_text())
     assert report["top1"] == pytest.approx(test["top1"]) and report["top5"] == pytest.approx(test["top5"])
     assert set(report["per_class_top1"]) == set(report["class_names"])
@@ -117,6 +122,20 @@ def test_visualize_rejects_a_checkpoint_of_another_model(synth, pretrained, tmp_
                      "--input_size", "32", "--num_frames", "4", "--output_dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    # one line naming both sizes (tiny: width 192, 2 blocks; small: width 384, 12 blocks)
+    assert "a ViT width 192, 2 blocks, patch 16 checkpoint, the model is a ViT width 384, 12 blocks" in err
+
+
+def test_visualize_and_evaluate_take_the_model_from_the_checkpoint(synth, pretrained, tmp_path, capsys):
+    code = cli.main(["visualize", "--checkpoint", str(pretrained / "model.pth"), "--video",
+                     str(synth / "videos" / "val_00000.mp4"), "--output_dir", str(tmp_path / "vis")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "--model pretrain_videomae_tiny_patch16_224 (from" in out
+    from PIL import Image
+
+    with Image.open(tmp_path / "vis" / "val_00000.gif") as gif:
+        assert gif.n_frames == 4  # --num_frames 4 from the checkpoint's stored arguments, not the default 16
 
 
 def _pretrain_cmd(synth: Path, out: Path, *extra: str) -> list[str]:
@@ -175,11 +194,13 @@ def test_max_steps_stops_early_and_saves_a_resumable_checkpoint(synth, tmp_path)
     assert code == 0
     assert [r["step"] for r in read_steps(out)] == [1, 2, 3]
     assert (out / "checkpoint-0-step3.pth").exists()
-    # A fresh run in the same folder sets the old checkpoints aside, so --resume auto never mixes runs.
-    assert cli.main(["pretrain", "--data_path", str(synth / "train.txt"), "--output_dir", str(out), "--epochs", "3",
-                     "--max_steps", "1", "--no_preview", *TINY]) == 0
+    # A new run in the used folder is refused (the folder untouched); --overwrite replaces the earlier run.
+    again = ["pretrain", "--data_path", str(synth / "train.txt"), "--output_dir", str(out), "--epochs", "3",
+             "--max_steps", "1", "--no_preview", *TINY]
+    assert cli.main(again) == 2
+    assert [r["step"] for r in read_steps(out)] == [1, 2, 3]
+    assert cli.main([*again, "--overwrite"]) == 0
     assert [r["step"] for r in read_steps(out)] == [1]
-    assert [p.name for p in out.glob("previous-*/*")] == ["checkpoint-0-step3.pth"]
     assert [p.name for p in out.glob("checkpoint-*.pth")] == ["checkpoint-0-step1.pth"]
 
 

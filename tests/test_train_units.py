@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import videomae
-from videomae.train import checkpointing as ckpt
+from videomae.train import state as ckpt
 from videomae.train.data import EpochSampler
 from videomae.train.distributed import DistInfo
 from videomae.train.engine import Position, Precision, StepGuard, Trainer, TrainingDiverged
@@ -234,7 +234,9 @@ def test_checkpoint_order_latest_and_prune(tmp_path):
 
 def test_atomic_save_leaves_no_temporary_file_and_loads_weights_only(tmp_path):
     path = tmp_path / "c.pth"
-    ckpt.atomic_save({"format": ckpt.FORMAT, "rng": ckpt.rng_state(), "x": torch.arange(3)}, path)
+    # A complete TrainState (`read` refuses files that lack what a resume needs).
+    ckpt.atomic_save({"format": ckpt.FORMAT, "rng": ckpt.rng_state(), "x": torch.arange(3), "model": {},
+                      "optimizer": {}, "next_epoch": 0, "next_step": 0, "global_step": 0, "args": {}}, path)
     assert [p.name for p in tmp_path.iterdir()] == ["c.pth"]
     state = ckpt.read(path)
     assert torch.equal(state["x"], torch.arange(3))
@@ -274,7 +276,7 @@ def test_bf16_autocast_step_on_a_pretraining_model_keeps_fp32_weights_and_loss()
     opt = build_optimizer(model, lr=1e-3, weight_decay=0.05)
     trainer = Trainer(model, opt, np.full(10, 1e-3), None, Precision("bf16", torch.device("cpu")))
     videos = torch.randn(2, 3, 4, 32, 32)
-    mask = videomae.masking.tube_mask(2, (2, 2, 2), 0.5)
+    ids = videomae.masking.token_ids(videomae.masking.tube_mask(2, (2, 2, 2), 0.5))
 
     def loss_fn(batch):
         v, m = batch
@@ -283,7 +285,58 @@ def test_bf16_autocast_step_on_a_pretraining_model_keeps_fp32_weights_and_loss()
         return model.forward_loss(v, pred, m), v.shape[0]
 
     before = model.encoder.blocks[0].attn.qkv.weight.detach().clone()
-    row = trainer.step([(videos, mask)], loss_fn, Position())
+    row = trainer.step([(videos, ids)], loss_fn, Position())
     assert not row["skipped"] and math.isfinite(row["loss"])
     weight = model.encoder.blocks[0].attn.qkv.weight
     assert weight.dtype == torch.float32 and not torch.equal(weight, before)
+
+
+# ---------------------------------------------------------------- collate: masks -> TokenIds, checked once
+
+
+def _items(masks):
+    return [(torch.full((3, 2, 4, 4), float(i)), m) for i, m in enumerate(masks)]
+
+
+def test_collate_turns_masks_into_token_ids():
+    from videomae.data.datasets import ClipCollate
+
+    mask = torch.tensor([[True, False, True, False], [False, False, True, True]])
+    videos, ids = ClipCollate(token_ids=True)(_items(list(mask)))
+    assert videos.shape == (2, 3, 2, 4, 4) and videos[1].eq(1).all()
+    assert ids.visible.tolist() == [[1, 3], [0, 1]] and ids.decoded.tolist() == [[0, 2], [2, 3]]
+    assert ids.scored is None and ids.visible.dtype == torch.int64
+
+
+def test_collate_v2_masks_and_repeated_samples():
+    from videomae.data.datasets import ClipCollate
+
+    enc = torch.tensor([[True, False, True, False], [True, True, False, False]])  # 2 clips of one video
+    dec = torch.tensor([[False, True, True, False], [True, False, False, True]])  # True = not decoded
+    item = (torch.zeros(2, 3, 2, 4, 4), (enc, dec))
+    videos, ids = ClipCollate(repeated=True, token_ids=True)([item, item])
+    assert videos.shape[0] == 4
+    # decoded = ~dec in raster order; scored = those the encoder also hid
+    assert ids.decoded.tolist() == [[0, 3], [1, 2]] * 2
+    assert ids.scored.tolist() == [[True, False], [True, False]] * 2
+    assert ids.visible.tolist() == [[1, 3], [2, 3]] * 2
+
+
+def test_collate_names_a_mask_with_unequal_counts():
+    from videomae.data.datasets import ClipCollate
+
+    bad = [torch.tensor([True, False, False, False]), torch.tensor([True, True, False, False])]
+    with pytest.raises(ValueError, match="mask must mask the same number of tokens"):
+        ClipCollate(token_ids=True)(_items(bad))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_loader_pins_token_ids():
+    from torch.utils.data import DataLoader
+
+    from videomae.data.datasets import ClipCollate
+
+    items = _items([torch.tensor([True, False, True, False])] * 4)
+    loader = DataLoader(items, batch_size=2, collate_fn=ClipCollate(token_ids=True), pin_memory=True)
+    _, ids = next(iter(loader))
+    assert type(ids).__name__ == "TokenIds" and ids.visible.is_pinned() and ids.scored is None

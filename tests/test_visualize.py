@@ -10,7 +10,7 @@ from torch import nn
 import videomae
 from videomae.loss import IMAGENET_MEAN, IMAGENET_STD, pixel_targets
 from videomae.masking import tube_mask
-from videomae.visualize import MASK_SHADE, animation_gif, grid_png, reconstruct
+from videomae.visualize import LABEL_W, MASK_SHADE, TITLE_H, animation_gif, caption, grid_png, reconstruct
 
 
 class Oracle(nn.Module):
@@ -79,13 +79,66 @@ def test_png_grid_and_gif_layout(tmp_path):
     videos, _ = _clip()
     mask = tube_mask(2, (2, 2, 3), 0.5)
     views = reconstruct(Oracle(True), videos, mask)
-    png = grid_png(views, tmp_path / "r.png", gap=2)
+    png = grid_png(views, tmp_path / "r.png", gap=2, title=caption(Oracle(True), mask, "tube"))
     gif = animation_gif(views, tmp_path / "r.gif", gap=2)
     with Image.open(png) as im:
-        # frames upscaled x5 (32 -> 160 rows): 3 rows of 160, 4 columns of 240, 2-pixel gaps
-        assert im.size == (4 * 240 + 3 * 2, 3 * 160 + 2 * 2)
-        top_left = np.asarray(im.convert("RGB"))[:160, :240]
+        # frames upscaled x5 (32 -> 160 rows): a title band, a label column, 3 rows of 160, 4 columns of 240,
+        # 2-pixel gaps
+        assert im.size == (LABEL_W + 4 * 240 + 3 * 2, TITLE_H + 3 * 160 + 2 * 2)
+        pixels = np.asarray(im.convert("RGB"))
+    top_left = pixels[TITLE_H:TITLE_H + 160, LABEL_W:LABEL_W + 240]
     expected = (views["original"][0, :, 0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
     assert np.array_equal(top_left[::5, ::5], expected)
+    # Each row has its label written in the label column, and the title band carries text.
+    for r in range(3):
+        label = pixels[TITLE_H + r * 162:TITLE_H + r * 162 + 160, :LABEL_W]
+        assert (label < 128).any(), f"row {r} has no label"
+    assert (pixels[:TITLE_H, LABEL_W:] < 128).any()
     with Image.open(gif) as im:
-        assert im.n_frames == 4 and im.size == (3 * 240 + 2 * 2, 160)
+        assert im.n_frames == 4 and im.size == (3 * 240 + 2 * 2, TITLE_H + 160)
+
+
+def test_caption_names_the_mask_ratio_and_the_target():
+    mask = tube_mask(1, (2, 2, 2), 0.5)
+    assert caption(Oracle(True), mask, "tube") == "mask ratio 0.50 (tube), target: per-cube normalized pixels"
+    assert caption(Oracle(False), mask) == "mask ratio 0.50, target: raw pixels"
+
+
+# ---------------------------------------------------------------- run pictures and logs
+
+
+def test_lr_curve_is_drawn_raw_and_the_loss_smoothed(tmp_path, monkeypatch):
+    from videomae.train import plots
+
+    drawn = []
+    real = plots.curve
+
+    def spy(steps, values, ylabel, path, log_y=False, smooth=True):
+        drawn.append((ylabel, smooth))
+        return real(steps, values, ylabel, path, log_y, smooth)
+
+    monkeypatch.setattr(plots, "curve", spy)
+    rows = [{"step": i, "loss": 1.0 / i, "lr": min(i, 40) * 1e-4} for i in range(1, 101)]
+    paths = plots.training_curves(rows, tmp_path)
+    assert [p.name for p in paths] == ["loss.png", "lr.png"]
+    assert drawn == [("loss", True), ("learning rate", False)]
+
+
+def test_confusion_matrix_counts_are_white_on_dark_cells():
+    from videomae.train.plots import text_color
+
+    assert text_color(0.9) == "white" and text_color(1.0) == "white"
+    assert text_color(0.1) == "black" and text_color(0.0) == "black"
+
+
+def test_plain_progress_lines_when_stderr_is_not_a_terminal(capsys):
+    from videomae.train.logs import LineBar
+
+    bar = LineBar(total=20, initial=0, desc="epoch 1/3")
+    for _ in range(20):
+        bar.set_postfix_str("loss 0.5")
+        bar.update(1)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert len(lines) == 10 and lines[-1].startswith("epoch 1/3  step 20/20  loss 0.5")

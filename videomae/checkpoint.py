@@ -1,7 +1,13 @@
-"""Load and save checkpoints: official VideoMAE V1/V2, MAE-ST and Hugging Face files into our models.
+"""Weight files: official VideoMAE V1/V2, MAE-ST and Hugging Face files (or HF model folders) into our models.
 
     report = videomae.load_checkpoint(model, "vit_b_k400_pt.pth")   # prints nothing; str(report) is short
     videomae.save_checkpoint(model, "out.pth")                      # {'model': sd} or {'module': sd}
+    model, report = from_pretrained("hf_model_folder")              # config.json + weights -> our model
+
+(Resumable training state is another thing, `videomae.train.state`.) A file that cannot be read, or
+weights of another model size, raise `ValueError` with one line naming the file and the reason.
+(~410 lines: reading, adapting and HF-config model building are the one path from a file to a model;
+`interop/` keeps the pure key mappings.)
 
 Every foreign layout is first converted to the official key names (which our modules use), then
 adapted to the model: `encoder.`/`backbone.` stripped and the decoder dropped for a classifier (as
@@ -12,15 +18,18 @@ resized to the model's grid, a head with another class count dropped.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from videomae.interop.hf import hf_to_official, is_hf_state_dict
+from videomae.interop.hf import HF_FIXED_NORM_EPS, hf_to_official, is_hf_state_dict
 from videomae.interop.mae_st import is_mae_st_state_dict, mae_st_to_official
 from videomae.layers.pos_embed import resize_pos_embed, sinusoid_table
 
@@ -68,25 +77,56 @@ def _short(keys: list[str], n: int = 6) -> str:
 # reading
 
 
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def hf_weights_file(directory: str | os.PathLike) -> Path:
+    """The weights of a Hugging Face model folder (config.json + model.safetensors or pytorch_model.bin)."""
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise ValueError(f"{directory}: a folder, but not a Hugging Face model folder (no config.json)")
+    for name in HF_WEIGHTS:
+        if (directory / name).is_file():
+            return directory / name
+    raise ValueError(f"{directory}: no model.safetensors or pytorch_model.bin (sharded weights are not read)")
+
+
+def load_error(path: str | os.PathLike, err: Exception) -> str:
+    """One line on why torch.load failed, for a person: corrupt, truncated, or holding code."""
+    text = str(err)
+    if isinstance(err, zipfile.BadZipFile) or "central directory" in text or "PytorchStreamReader" in text:
+        return "truncated or corrupt (not a complete torch.save archive)"
+    if "Weights only load failed" in text or "Unsupported global" in text:
+        return "holds pickled Python objects other than tensors and plain data; not loaded, since unpickling " \
+               "them could run code"
+    if isinstance(err, EOFError) or "Ran out of input" in text:
+        return "truncated (ends early)"
+    if "invalid load key" in text or "magic number" in text:
+        return "not a torch.save file (corrupt, or another format)"
+    return f"unreadable ({type(err).__name__}: {text.splitlines()[0] if text else 'no details'})"
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The raw object of a `.safetensors` file or a pickle (`.pth`/`.pt`/`.bin`), without running its code."""
+    """The raw object of a `.safetensors` file, a pickle (`.pth`/`.pt`/`.bin`) or a Hugging Face model folder,
+    without running code from it. Unreadable -> ValueError, one line naming the file and why."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.fspath(hf_weights_file(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        return load_file(path, device="cpu")
+        try:
+            return load_file(path, device="cpu")
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            raise ValueError(f"{path}: not a readable safetensors file ({str(err).splitlines()[0]})") from None
     try:
         # Official checkpoints pickle the run's argparse.Namespace next to the weights: plain data.
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RuntimeError(
-            f"cannot read checkpoint {path!r} with torch.load(weights_only=True), which refuses pickles that "
-            f"could run code: {e}\nIf you trust the file, re-save its state dict: "
-            f"torch.save(torch.load(path, weights_only=False)['model'], 'clean.pth')"
-        ) from e
+    except Exception as err:  # noqa: BLE001 - every load failure becomes one line naming the file
+        raise ValueError(f"{path}: {load_error(path, err)}") from None
 
 
 def unwrap(obj: dict, source: str) -> dict[str, torch.Tensor]:
@@ -175,22 +215,62 @@ def adapt_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], report: Load
     bad = [f"{k}: checkpoint {list(v.shape)} vs model {list(own[k].shape)}"
            for k, v in sd.items() if k in own and v.shape != own[k].shape]
     if bad:
-        raise ValueError(f"{report.source}: shape mismatch (is it the right model size?)\n  " + "\n  ".join(bad))
+        theirs, ours = describe(sd), describe(own)
+        what = f"a {theirs} checkpoint, the model is a {ours}" if theirs != ours else "same size, other shapes"
+        raise ValueError(f"{report.source}: {what} ({len(bad)} tensors differ, e.g. {bad[0]})")
     return sd
+
+
+def describe(sd: dict[str, torch.Tensor]) -> str:
+    """'ViT width 768, 12 blocks, patch 16' from the tensors alone (any official-layout state dict)."""
+    proj = next((v for k, v in sd.items() if k.endswith("patch_embed.proj.weight")), None)
+    if proj is None:
+        return "model without a patch embedding"
+    blocks = {k.split(".blocks.")[-1].split(".")[0] if ".blocks." in k else k.split(".")[1]
+              for k in sd if k.startswith(("blocks.", "encoder.blocks."))}
+    return f"ViT width {proj.shape[0]}, {len(blocks)} blocks, patch {proj.shape[-1]}"
+
+
+_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge", 1408: "giant"}
+
+
+def guess_model(sd: dict[str, torch.Tensor], kind: str) -> str | None:
+    """A registered model name for these weights (`kind`: 'pretrain' or 'vit'), from the encoder width."""
+    proj = next((v for k, v in sd.items() if k.endswith("patch_embed.proj.weight")), None)
+    if proj is None or proj.shape[0] not in _SIZES:
+        return None
+    name = _SIZES[proj.shape[0]]
+    patch = proj.shape[-1]
+    return f"pretrain_videomae_{name}_patch{patch}_224" if kind == "pretrain" else f"vit_{name}_patch{patch}_224"
+
+
+def stored_args(path: str | os.PathLike) -> dict:
+    """The run arguments stored with weights: the file's `args` entry (ours: a dict; official: a pickled
+    Namespace), else `args.json` beside it, else a Hugging Face config.json as our names; {} if none."""
+    path = Path(path)
+    if path.is_dir():
+        config = json.loads((path / "config.json").read_text())
+        size = config.get("image_size", 224)
+        return {"input_size": size[0] if isinstance(size, list) else size,
+                "num_frames": config.get("num_frames", 16), "tubelet_size": config.get("tubelet_size", 2)}
+    obj = read_checkpoint(path)
+    found = obj.get("args") if isinstance(obj, dict) else None
+    if isinstance(found, argparse.Namespace):
+        found = vars(found)
+    if not isinstance(found, dict) and (path.parent / "args.json").is_file():
+        found = json.loads((path.parent / "args.json").read_text())
+    return dict(found) if isinstance(found, dict) else {}
 
 
 # --------------------------------------------------------------------------
 # public API
 
 
-def load_checkpoint(
-    model: nn.Module, path_or_state_dict: str | os.PathLike | dict, strict: bool = False
-) -> LoadReport:
-    """Load official V1/V2, MAE-ST or Hugging Face weights into `model`; -> a LoadReport.
-
-    strict: raise when a model tensor stays missing or a checkpoint tensor is neither loaded nor
-    dropped by a documented rule. Warns when the source model's outputs are not reproduced.
-    """
+def fitted_state_dict(model: nn.Module, path_or_state_dict: str | os.PathLike | dict
+                      ) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """Any supported layout -> the state dict `model` takes, and the report so far; raises ValueError (one
+    line naming both model sizes) when it cannot fit. Works on a meta-device model: the command line
+    checks the fit before a run starts."""
     if isinstance(path_or_state_dict, dict):
         source, obj = "<state dict>", path_or_state_dict
     else:
@@ -206,7 +286,19 @@ def load_checkpoint(
         report.layout = "hf"
         sd, dropped = hf_to_official(sd)
         report.dropped += dropped
-    sd = adapt_state_dict(model, sd, report)
+    return adapt_state_dict(model, sd, report), report
+
+
+def load_checkpoint(
+    model: nn.Module, path_or_state_dict: str | os.PathLike | dict, strict: bool = False
+) -> LoadReport:
+    """Load official V1/V2, MAE-ST or Hugging Face weights into `model`; -> a LoadReport.
+
+    strict: raise when a model tensor stays missing or a checkpoint tensor is neither loaded nor
+    dropped by a documented rule. Warns when the source model's outputs are not reproduced.
+    """
+    sd, report = fitted_state_dict(model, path_or_state_dict)
+    source = report.source
     result = model.load_state_dict(sd, strict=False)
     report.missing, report.unexpected = list(result.missing_keys), list(result.unexpected_keys)
     unexpected = set(report.unexpected)
@@ -232,3 +324,87 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, format: str = "of
         save_file(sd, path, metadata={"format": "pt", **{k: str(v) for k, v in extra.items()}})
     else:
         raise ValueError(f"format must be 'official' or 'safetensors', got {format!r}")
+
+
+# --------------------------------------------------------------------------
+# Hugging Face configs
+
+
+def _get(config, name: str, default):
+    return config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
+
+
+def _square(value, name: str) -> int:
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise ValueError(f"HF config {name}={value}: only square sizes are supported")
+        value = value[0]
+    return int(value)
+
+
+def model_from_hf_config(config, task: str | None = None, **overrides):
+    """Our model that reproduces an HF VideoMAE config (a `VideoMAEConfig` or its config.json dict).
+
+    task: "pretrain" (VideoMAEForPreTraining) or "classifier" (VideoMAEForVideoClassification);
+    taken from `config.architectures` when not given. Overrides go to the model's constructor.
+    """
+    from videomae.models import PretrainVisionTransformer, VisionTransformer
+
+    archs = _get(config, "architectures", None) or []
+    if task is None:
+        kinds = {"VideoMAEForPreTraining": "pretrain", "VideoMAEForVideoClassification": "classifier"}
+        found = {kinds[a] for a in archs if a in kinds}
+        if len(found) != 1:
+            raise ValueError(f"cannot tell the task from architectures={archs}: pass task='pretrain' or 'classifier'")
+        task = found.pop()
+    if _get(config, "hidden_act", "gelu") != "gelu":
+        raise ValueError(f"HF config hidden_act={_get(config, 'hidden_act', None)!r}: only exact GELU is supported")
+    hidden, inter = _get(config, "hidden_size", 768), _get(config, "intermediate_size", 3072)
+    mlp_ratio = inter / hidden
+    common = dict(
+        img_size=_square(_get(config, "image_size", 224), "image_size"),
+        patch_size=_square(_get(config, "patch_size", 16), "patch_size"),
+        num_frames=_get(config, "num_frames", 16), tubelet_size=_get(config, "tubelet_size", 2),
+        in_chans=_get(config, "num_channels", 3), mlp_ratio=mlp_ratio,
+        qkv_bias=_get(config, "qv_bias", _get(config, "qkv_bias", True)),  # renamed in newer transformers
+        norm_eps=_get(config, "layer_norm_eps", 1e-12), drop_rate=_get(config, "hidden_dropout_prob", 0.0),
+        attn_drop_rate=_get(config, "attention_probs_dropout_prob", 0.0),
+    )
+    heads = _get(config, "num_attention_heads", 12)
+    mean_pooling = _get(config, "use_mean_pooling", True)
+    if task == "pretrain":
+        dec_hidden = _get(config, "decoder_hidden_size", 384)
+        if int(dec_hidden * mlp_ratio) != _get(config, "decoder_intermediate_size", 1536):
+            raise ValueError("HF decoder_intermediate_size / decoder_hidden_size must equal the encoder's MLP ratio")
+        kw = dict(
+            common, encoder_embed_dim=hidden, encoder_depth=_get(config, "num_hidden_layers", 12),
+            encoder_num_heads=heads, decoder_embed_dim=dec_hidden,
+            decoder_depth=_get(config, "decoder_num_hidden_layers", 4),
+            decoder_num_heads=_get(config, "decoder_num_attention_heads", 6), decoder_norm_eps=HF_FIXED_NORM_EPS,
+            normalize_target=_get(config, "norm_pix_loss", True),
+        )
+        model = PretrainVisionTransformer(**{**kw, **overrides})
+        if mean_pooling:  # transformers then builds the encoder without its final LayerNorm (its default)
+            model.encoder.norm = nn.Identity()
+        return model
+    if task != "classifier":
+        raise ValueError(f"task must be 'pretrain' or 'classifier', got {task!r}")
+    # A pretraining config fine-tuned into a classifier: mean pooling, as official fine-tuning.
+    if not mean_pooling and "VideoMAEForPreTraining" not in archs:
+        raise ValueError("HF classifier with use_mean_pooling=False pools token 0 of a sequence with no class "
+                         "token: not representable (ours mean-pools)")
+    id2label = _get(config, "id2label", None)
+    num_classes = len(id2label) if id2label else _get(config, "num_labels", 2)
+    kw = dict(common, embed_dim=hidden, depth=_get(config, "num_hidden_layers", 12), num_heads=heads,
+              num_classes=num_classes, fc_norm_eps=HF_FIXED_NORM_EPS)
+    return VisionTransformer(**{**kw, **overrides})
+
+
+def from_pretrained(directory, task: str | None = None, **overrides):
+    """Our model and its LoadReport from a local HF model folder (`config.json` + `model.safetensors`
+    or `pytorch_model.bin`), e.g. one written by `save_pretrained` or downloaded from the Hub."""
+    directory = Path(directory)
+    weights = hf_weights_file(directory)
+    config = json.loads((directory / "config.json").read_text())
+    model = model_from_hf_config(config, task=task, **overrides)
+    return model, load_checkpoint(model, weights, strict=True)

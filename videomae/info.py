@@ -119,46 +119,44 @@ def sdpa_status() -> dict:
 
 
 def decoder_status() -> dict:
-    return {
-        "decord": optional_library("decord", "pip install decord (x86-64 Linux wheels); PyAV is the fallback",
-                                   needs_cuda=False),
-        "PyAV": optional_library("av", "pip install av", needs_cuda=False),
-    }
+    """The video decoder backends, each with why it cannot run here (the data package decides, not this file)."""
+    from videomae.data.decode import decoder_report
+
+    return decoder_report()
 
 
 def fused_ops() -> dict:
+    """The `ops` family of the one dispatcher: its switch, and per op and backend whether it can run here."""
     try:
-        from videomae import ops
+        from videomae import dispatch, ops  # noqa: F401 - importing ops registers its backends
 
-        return {"report": ops.backend_report()}
+        return {**dispatch.switches()["ops"], "report": dispatch.backend_report("ops")}
     except Exception as e:  # noqa: BLE001
         return {"error": f"videomae.ops failed to import: {type(e).__name__}: {e}"}
 
 
 def attention() -> dict:
+    """The `attention` family of the same dispatcher, checked on ViT-B encoder and decoder shapes."""
     try:
         from videomae import attention as attn
-    except Exception as e:  # noqa: BLE001
-        return {"error": f"videomae.attention failed to import: {type(e).__name__}: {e}"}
-    report = getattr(attn, "backend_report", None)
-    if report is None:
-        return {"switch": attn.get_attention_backend()}
-    try:
-        return report()
+
+        return attn.backend_report()
     except Exception as e:  # noqa: BLE001
         return {"error": f"attention backend report failed: {type(e).__name__}: {e}"}
 
 
-def fast_path() -> dict:
-    """The switches of the fast pretraining step (`videomae.fastpath.FastPathConfig`) and whether each can run."""
-    try:
-        from videomae.fastpath import fastpath_report
+STEP_REPORT = ("videomae.train.engine", "step_report")  # imported only here: `info` must not need the trainer
 
-        report = fastpath_report()
+
+def fast_path() -> dict:
+    """The switches of the training step (precision, compile, fused ops, attention...) and whether each can run."""
+    module, name = STEP_REPORT
+    try:
+        report = getattr(importlib.import_module(module), name)()
     except Exception as e:  # noqa: BLE001 - a broken optional piece must not break `info`
-        return {"error": f"videomae.fastpath failed: {type(e).__name__}: {e}"}
+        return {"error": f"no training step report: {module}.{name}: {type(e).__name__}: {e}"}
     report.pop("attention", None)  # shown in its own section
-    return report
+    return {"source": f"{module}.{name}", **report}
 
 
 def collect() -> dict:
@@ -204,11 +202,13 @@ def format_report(r: dict) -> str:
         lines.append(f"  {'cuda':<34} none: {d['cuda_reason']}")
     lines += ["", "backends (can run here?)"]
     lines += [_line(name, entry) for name, entry in r["backends"].items()]
-    lines += ["", "fused ops (videomae.ops; auto picks the first that can run a call: cuda > triton > torch)"]
     ops = r["fused ops"]
+    lines += ["", "fused ops (videomae.ops; auto picks the first that can run a call, in videomae.dispatch.PRIORITY "
+              "order: cuda > triton > torch)"]
     if "error" in ops:
         lines.append(f"  {ops['error']}")
     else:
+        lines.append(f"  switch {ops.get('switch')} (env {ops.get('env')})")
         for op, backends in ops["report"].items():
             for name, e in backends.items():
                 lines.append(_line(f"{op} / {name}", {"available": e["available"], "detail": "",
@@ -226,13 +226,13 @@ def format_report(r: dict) -> str:
             lines.append(_line(name, {"available": ok, "detail": "", "reasons": reasons}))
     else:
         lines.append(f"  switch {a.get('switch')}")
-    lines += ["", "fast path (videomae.fastpath.FastPathConfig defaults; trainer flags --precision, --compile)"]
     fp = r["fast path"]
+    lines += ["", f"training step ({fp.get('source', 'unavailable')} defaults; trainer flags --precision, --compile)"]
     if "error" in fp:
         lines.append(f"  {fp['error']}")
     else:
-        lines += [f"  {k:<34} {v}" for k, v in fp["config"].items()]
-        lines += [f"  {k + ' here':<34} {v}" for k, v in fp.items() if k != "config"]
+        lines += [f"  {k:<34} {v}" for k, v in fp.get("config", {}).items()]
+        lines += [f"  {k + ' here':<34} {v}" for k, v in fp.items() if k not in ("config", "source")]
     return "\n".join(lines)
 
 

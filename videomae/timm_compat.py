@@ -1,12 +1,15 @@
 """Registration of our factories with timm's model registry.
 
-Importing timm costs seconds, so `import videomae` registers only when timm is already imported;
-otherwise call `videomae.register_timm_models()`. Classifiers register as `videomae_vit_*` because
-timm's own image ViTs own the plain `vit_*` names; pretraining models keep their names.
+Importing timm costs seconds, so `import videomae` never imports it: it registers at once when timm is
+already imported, and otherwise leaves a finder on `sys.meta_path` that registers right after timm's
+own import completes, whichever comes first. Classifiers register as `videomae_vit_*` because timm's
+own image ViTs own the plain `vit_*` names; pretraining models keep their names.
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import sys
 import types
 
@@ -49,6 +52,30 @@ def register_timm_models() -> list[str]:
     return list(_registered)
 
 
+class _RegisterAfterTimm(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: on the first `import timm` it wraps the real loader so our models are
+    registered as soon as timm has finished importing, then steps aside."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "timm":
+            return None
+        sys.meta_path.remove(self)  # the real finders answer from here on (and no recursion into us)
+        spec = importlib.util.find_spec("timm")
+        if spec is None or spec.loader is None:
+            return None
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            register_timm_models()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
 def register_if_timm_imported() -> None:
+    """Register now if timm is imported, else as soon as it is (see the module docstring)."""
     if "timm" in sys.modules:
         register_timm_models()
+    elif not any(isinstance(f, _RegisterAfterTimm) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterAfterTimm())

@@ -19,6 +19,24 @@ from videomae.loss import IMAGENET_MEAN, IMAGENET_STD, patchify
 from videomae.masking import make_mask
 
 MASK_SHADE = 0.35  # masked cubes are drawn in this gray, so holes are visible on dark and light frames
+ROWS = ("original", "masked", "reconstruction")
+LABEL_W, TITLE_H = 104, 16  # the PNG's row-label column and title band, in pixels
+
+
+def _text(canvas: np.ndarray, xy: tuple[int, int], text: str) -> np.ndarray:
+    """Black text drawn onto a uint8 [H, W, 3] canvas with PIL's built-in font."""
+    from PIL import ImageDraw
+
+    image = Image.fromarray(canvas)
+    ImageDraw.Draw(image).text(xy, text, fill=(0, 0, 0))
+    return np.asarray(image).copy()
+
+
+def caption(model, mask: torch.Tensor, mask_type: str | None = None) -> str:
+    """'mask ratio 0.90 (tube), target: per-cube normalized pixels' for the picture's title."""
+    ratio = mask.float().mean().item()
+    target = "per-cube normalized pixels" if getattr(model, "normalize_target", True) else "raw pixels"
+    return f"mask ratio {ratio:.2f}" + (f" ({mask_type})" if mask_type else "") + f", target: {target}"
 
 
 def unnormalize(videos: torch.Tensor) -> torch.Tensor:
@@ -70,28 +88,38 @@ def _upscale(frames: np.ndarray, min_side: int = 160) -> np.ndarray:
     return frames.repeat(k, axis=1).repeat(k, axis=2) if k > 1 else frames
 
 
-def grid_png(views: dict[str, torch.Tensor], path: str | Path, index: int = 0, gap: int = 2) -> Path:
-    """Rows original / masked / reconstruction, one column per frame."""
-    rows = [_upscale(_to_uint8(views[k][index])) for k in ("original", "masked", "reconstruction")]
+def grid_png(views: dict[str, torch.Tensor], path: str | Path, index: int = 0, gap: int = 2,
+             title: str = "") -> Path:
+    """Rows original / masked / reconstruction (labeled at the left), one column per frame, `title` on top."""
+    rows = [_upscale(_to_uint8(views[k][index])) for k in ROWS]
     t, h, w, _ = rows[0].shape
-    canvas = np.full((3 * h + 2 * gap, t * w + (t - 1) * gap, 3), 255, np.uint8)
+    canvas = np.full((TITLE_H + 3 * h + 2 * gap, LABEL_W + t * w + (t - 1) * gap, 3), 255, np.uint8)
     for r, frames in enumerate(rows):
+        top = TITLE_H + r * (h + gap)
         for i in range(t):
-            canvas[r * (h + gap):r * (h + gap) + h, i * (w + gap):i * (w + gap) + w] = frames[i]
+            left = LABEL_W + i * (w + gap)
+            canvas[top:top + h, left:left + w] = frames[i]
+        canvas = _text(canvas, (4, top + h // 2 - 5), ROWS[r])
+    if title:
+        canvas = _text(canvas, (LABEL_W, 2), title)
     Image.fromarray(canvas).save(path)
     return Path(path)
 
 
 def animation_gif(views: dict[str, torch.Tensor], path: str | Path, index: int = 0, fps: int = 4,
                   gap: int = 2) -> Path:
-    """Each GIF frame: original | masked | reconstruction side by side."""
-    cols = [_upscale(_to_uint8(views[k][index])) for k in ("original", "masked", "reconstruction")]
+    """Each GIF frame: original | masked | reconstruction side by side, each labeled above."""
+    cols = [_upscale(_to_uint8(views[k][index])) for k in ROWS]
     t, h, w, _ = cols[0].shape
+    header = np.full((TITLE_H, 3 * w + 2 * gap, 3), 255, np.uint8)
+    for c, name in enumerate(ROWS):
+        header = _text(header, (c * (w + gap) + 2, 2), name)
     images = []
     for i in range(t):
-        canvas = np.full((h, 3 * w + 2 * gap, 3), 255, np.uint8)
+        canvas = np.full((TITLE_H + h, 3 * w + 2 * gap, 3), 255, np.uint8)
+        canvas[:TITLE_H] = header
         for c, frames in enumerate(cols):
-            canvas[:, c * (w + gap):c * (w + gap) + w] = frames[i]
+            canvas[TITLE_H:, c * (w + gap):c * (w + gap) + w] = frames[i]
         images.append(Image.fromarray(canvas))
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     return Path(path)
@@ -119,10 +147,11 @@ def preview_mask(model: torch.nn.Module, videos: torch.Tensor, mask_type: str, m
 
 
 def save_reconstruction(model: torch.nn.Module, videos: torch.Tensor, mask: torch.Tensor, png: str | Path | None,
-                        gif: str | Path | None = None, fps: int = 4) -> dict[str, torch.Tensor]:
+                        gif: str | Path | None = None, fps: int = 4, mask_type: str | None = None,
+                        ) -> dict[str, torch.Tensor]:
     views = reconstruct(model, videos, mask)
     if png is not None:
-        grid_png(views, png)
+        grid_png(views, png, title=caption(model, mask, mask_type))
     if gif is not None:
         animation_gif(views, gif, fps=fps)
     return views
@@ -156,6 +185,6 @@ def main(args) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.video).stem
     png, gif = out / f"{stem}.png", out / f"{stem}.gif"
-    save_reconstruction(model, clip, mask, png, gif, fps=args.fps)
+    save_reconstruction(model, clip, mask, png, gif, fps=args.fps, mask_type=args.mask_type)
     print(f"wrote original | masked | reconstruction:\n  {png}\n  {gif}")
     return [png, gif]

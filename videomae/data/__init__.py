@@ -19,7 +19,7 @@ built-in synthetic dataset, written once under $VIDEOMAE_CACHE or ~/.cache/video
 
 `batch_size` counts videos; with `num_sample=k` every video gives k clips (independent temporal
 offsets and crops, one decode) and a batch holds `batch_size * k` clips. With `gpu_aug=True` a batch
-is `(frames uint8 [B', T, H, W, 3] zero-padded to the largest frame, boxes int64 [B', 4], masks)` and
+is `(frames uint8 [B', T, h, w, 3], the crops zero-padded to the largest, boxes int64 [B', 4], masks)` and
 `GpuAugment(input_size)(frames, boxes, device="cuda")` returns the float clips (or uint8
 `[B', 3, T, S, S]` with `normalize=False` for a uint8 patch embedding). `decoder_mask_ratio=0.5`
 makes masks `(encoder_mask, decoder_mask)` (V2 running cell).
@@ -43,13 +43,16 @@ own video index and label); if every file is bad, or `max_consecutive_failures` 
 loading raises RuntimeError saying so. Without `VideoLoader`, read skips with
 `mark = ds.skip_log.mark()` before an epoch and `ds.skip_log.since(mark)` after it.
 
-Decoding: `backend="auto"` tries decord (one thread) and falls back to PyAV per file; "pyav" or
-"decord" force one. Datasets pickle (spawn or fork workers) and need no worker seeding: every
-sample draws from `(seed, epoch, index)`, so batches do not depend on the number of workers.
+Decoding (`videomae.data.decode`): `backend="auto"` seeks with PyAV (decodes only from the keyframe before
+a clip, one thread) and falls back to decord per file; "pyav", "decord", "torchcodec" force one, and
+`decoder_report()` says which run here and why not. `videomae data prep` (`videomae.data.prep`) re-encodes
+a dataset for fast seeking and writes the manifest the lists read.
+Datasets pickle (spawn or fork workers) and need no worker seeding: every sample draws from
+`(seed, epoch, index)`, so batches do not depend on the number of workers.
 """
 
 from videomae.data.datasets import ClipCollate, FinetuneDataset, MaskGenerator, PretrainDataset
-from videomae.data.decode import VideoReadError, read_frames
+from videomae.data.decode import VideoReadError, decoder_report, read_frames
 from videomae.data.gpu_aug import GpuAugment, pad_frames
 from videomae.data.lists import ListSyntaxError, VideoRecord, load_records, read_list, scan_directory
 from videomae.data.loader import (
@@ -63,14 +66,27 @@ from videomae.data.loader import (
 from videomae.data.randaug import RandAugment
 from videomae.data.real import real_clip_dir, real_clips, real_records
 from videomae.data.skips import SkippedFileWarning, SkipSummary
-from videomae.data.synth import CLASSES as SYNTH_CLASSES
-from videomae.data.synth import ensure_synthetic_dataset, write_synthetic_dataset
 from videomae.data.transforms import mixup_cutmix
+
+_SYNTH = {"SYNTH_CLASSES": "CLASSES", "ensure_synthetic_dataset": "ensure_synthetic_dataset",
+          "write_synthetic_dataset": "write_synthetic_dataset"}
+
+
+def __getattr__(name: str):
+    # The synthetic dataset writes videos with PyAV; imported on first use so that machines without PyAV
+    # (the GPU boxes) can still import the loader, GpuAugment and the NVDEC decoder.
+    if name in _SYNTH:
+        from videomae.data import synth
+
+        return getattr(synth, _SYNTH[name])
+    raise AttributeError(f"module 'videomae.data' has no attribute {name!r}")
+
 
 __all__ = [
     "SYNTH_CLASSES", "ClipCollate", "FinetuneDataset", "GpuAugment", "ListSyntaxError", "MaskGenerator",
     "PretrainDataset", "RandAugment", "SkipSummary", "SkippedFileWarning", "VideoLoader", "VideoReadError",
-    "VideoRecord", "build_finetune_dataset", "build_loader", "build_pretrain_dataset", "default_cache_dir",
+    "VideoRecord", "build_finetune_dataset", "build_loader", "build_pretrain_dataset", "decoder_report",
+    "default_cache_dir",
     "ensure_synthetic_dataset", "load_records", "mixup_cutmix", "pad_frames", "read_frames", "read_list",
     "real_clip_dir", "real_clips", "real_records",
     "scan_directory", "synthetic_lists", "write_synthetic_dataset",

@@ -6,6 +6,8 @@ Formats (one sample per line, space separated, the path may itself contain space
                                           `total >= 0` a folder of `total` frames from index `start`)
 - `rawframes`: `folder total label`     (V1 SSv2 rawframe lists; frames counted from 1)
 A directory is scanned recursively for video files (unlabeled, label -1).
+A `manifest.jsonl` beside the list file (or in the directory), as `videomae data prep` writes, gives each
+listed video its frame count, so a too-short video is rejected without opening it.
 
 Relative paths are joined to `root` (the official `--data_root` prefix); with `root=None`
 they are resolved against the list file's own folder, so a dataset directory can be moved.
@@ -13,8 +15,9 @@ they are resolved against the list file's own folder, so a dataset directory can
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 LIST_FORMATS = ("auto", "video", "v2", "rawframes")
@@ -27,12 +30,14 @@ class ListSyntaxError(ValueError):
 
 @dataclass(frozen=True)
 class VideoRecord:
-    """One sample: a video file (`total is None`) or a folder of `total` frames numbered from `start`."""
+    """One sample: a video file (`total is None`) or a folder of `total` frames numbered from `start`.
+    `num_frames`: the video's frame count from a prep manifest, None when unknown."""
 
     path: str
     label: int = -1
     start: int = 0
     total: int | None = None
+    num_frames: int | None = None
 
     @property
     def is_frame_folder(self) -> bool:
@@ -108,13 +113,44 @@ def scan_directory(directory: str | os.PathLike, extensions: tuple[str, ...] = V
     return [VideoRecord(str(p)) for p in paths]
 
 
+MANIFEST = "manifest.jsonl"
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, dict]:
+    """`folder/manifest.jsonl` -> {absolute normalized path: entry}; {} when there is none."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return {}
+    out = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            out[os.path.normpath(os.path.join(folder, entry["path"]))] = entry
+        except (ValueError, KeyError, TypeError) as err:
+            raise ListSyntaxError(f"{path}:{lineno}: expected a JSON object with a 'path', got {line!r}") from err
+    return out
+
+
+def with_manifest(records: list[VideoRecord], folder: str | os.PathLike) -> list[VideoRecord]:
+    manifest = read_manifest(folder)
+    if not manifest:
+        return records
+    out = []
+    for r in records:
+        entry = manifest.get(os.path.normpath(r.path))
+        out.append(replace(r, num_frames=int(entry["frames"])) if entry and not r.is_frame_folder else r)
+    return out
+
+
 def load_records(
     data_path: str | os.PathLike, root: str | os.PathLike | None = None, fmt: str = "auto"
 ) -> list[VideoRecord]:
     """A list file or a directory of videos -> records."""
     data_path = Path(data_path)
     if data_path.is_dir():
-        return scan_directory(data_path)
+        return with_manifest(scan_directory(data_path), data_path)
     if not data_path.is_file():
         raise FileNotFoundError(f"data_path {str(data_path)!r} is neither a list file nor a directory")
-    return read_list(data_path, root=root, fmt=fmt)
+    return with_manifest(read_list(data_path, root=root, fmt=fmt), data_path.parent)

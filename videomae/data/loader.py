@@ -12,7 +12,6 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from videomae.data.datasets import ClipCollate, FinetuneDataset, MaskGenerator, PretrainDataset
 from videomae.data.lists import load_records
 from videomae.data.skips import SkipSummary
-from videomae.data.synth import ensure_synthetic_dataset
 
 
 def default_cache_dir() -> Path:
@@ -21,6 +20,8 @@ def default_cache_dir() -> Path:
 
 def synthetic_lists(root: str | os.PathLike | None = None, **synth_kwargs) -> dict[str, Path]:
     """The built-in synthetic dataset (written on first use) -> {'root', 'train', 'val', 'classes'}."""
+    from videomae.data.synth import ensure_synthetic_dataset  # PyAV only when the synthetic data is used
+
     return ensure_synthetic_dataset(root or default_cache_dir() / "synth", **synth_kwargs)
 
 

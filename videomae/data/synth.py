@@ -1,4 +1,11 @@
-"""The built-in synthetic temporal dataset: textured shapes whose class is their motion.
+"""The built-in synthetic temporal datasets: textured shapes whose class is their motion.
+
+(Over 400 lines: two generations of one dataset family share the background, the writer and the
+list format; the study in experiments/ reports on both, so they stay side by side.)
+
+Style "ssm" (a miniature Something-Something, the study's dataset) is described at `render_ssm_clip`;
+it is stored raw (`.npy`, uint8 [T, H, W, 3]), because codec noise would become the normalized target
+of flat cubes. The styles "texture" and "smooth" below are the first generation (H.264 files).
 
 Each clip shows one textured shape over a textured static background. The class is the
 motion (`CLASSES`): translation left/right/up/down, rotation cw/ccw, approach/recede.
@@ -31,7 +38,10 @@ import numpy as np
 
 CLASSES = ("left", "right", "up", "down", "rotate_cw", "rotate_ccw", "approach", "recede")
 SHAPES = ("disk", "square", "triangle", "cross")
-STYLES = ("texture", "smooth")
+STYLES = ("texture", "smooth", "ssm")
+# Time-reversal pairs (2k, 2k+1): the same first-frame distribution, opposite motion.
+SSM_CLASSES = ("left", "right", "up", "down", "rotate_cw", "rotate_ccw", "approach", "recede", "start", "stop",
+               "collide", "pass")
 FORMAT_VERSION = 1
 
 
@@ -49,6 +59,7 @@ class SynthParams:
     gop: int = 32
     style: str = "texture"
     version: int = FORMAT_VERSION
+    num_test: int = 0  # style "ssm" only: an untouched test split
 
 
 def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -145,8 +156,9 @@ def render_clip(label: int, num_frames: int, size: int | tuple[int, int], rng: n
 
     `style`: "texture" (gratings of 2-8 cycles behind shapes with 3-6 stripes) or "smooth" (a
     low-frequency background behind two-tone shapes, split once through their center)."""
-    if style not in STYLES:
-        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    if style not in STYLES[:2]:
+        hint = " (style 'ssm' has its own classes: render_ssm_clip)" if style == "ssm" else ""
+        raise ValueError(f"style must be one of {STYLES[:2]}, got {style!r}{hint}")
     h, w = _hw(size)
     bg = _background(rng, h, w) if style == "texture" else _smooth_background(rng, h, w)
     shape = SHAPES[rng.integers(len(SHAPES))]
@@ -176,6 +188,152 @@ def render_clip(label: int, num_frames: int, size: int | tuple[int, int], rng: n
         frame = np.where(inside[..., None], fg, bg)
         out[i] = (frame * 255.0 + 0.5).astype(np.uint8)
     return out
+
+
+# ---------------------------------------------------------------- style "ssm": a miniature Something-Something
+
+SSM_SHAPES = ("disk", "square", "ellipse")
+
+
+def _ssm_object(rng: np.random.Generator, size: int, scale: tuple[float, float]) -> dict:
+    """One textured object: a shape, a radius in px, and a two-colour grating of 1-2 cycles per diameter
+    in the object's own frame (so rotation shows on the disk too)."""
+    return {"shape": SSM_SHAPES[rng.integers(len(SSM_SHAPES))], "radius": rng.uniform(*scale) * size,
+            "colors": rng.uniform(0.0, 1.0, size=(2, 3)), "freq": rng.uniform(1.0, 2.0),
+            "tex_angle": rng.uniform(0, np.pi), "phase": rng.uniform(0, 2 * np.pi)}
+
+
+def _ssm_draw(frame: np.ndarray, obj: dict, cy: float, cx: float, angle: float, radius: float) -> None:
+    """Alpha-blend `obj` into `frame` [H, W, 3] in place, centred at (cy, cx) on the torus. Edges are
+    anti-aliased over one pixel so that sub-pixel motion changes the pixels."""
+    h, w, _ = frame.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    dy = (yy - cy + h / 2) % h - h / 2
+    dx = (xx - cx + w / 2) % w - w / 2
+    c, s = math.cos(angle), math.sin(angle)
+    u, v = c * dx + s * dy, -s * dx + c * dy  # px, in the object's frame
+    if obj["shape"] == "disk":
+        dist = np.hypot(u, v) - radius
+    elif obj["shape"] == "square":
+        dist = np.maximum(np.abs(u), np.abs(v)) - 0.8 * radius
+    else:  # ellipse 1 x 0.6: a first-order signed distance, exact enough for a one-pixel ramp
+        dist = (np.hypot(u, v / 0.6) - radius) * 0.6
+    alpha = np.clip(0.5 - dist, 0.0, 1.0)[..., None]
+    along = u * math.cos(obj["tex_angle"]) + v * math.sin(obj["tex_angle"])
+    tex = (0.5 + 0.5 * np.sin(np.pi * obj["freq"] * along / radius + obj["phase"]))[..., None]
+    fg = obj["colors"][0] * tex + obj["colors"][1] * (1 - tex)
+    frame *= 1 - alpha
+    frame += alpha * fg
+
+
+def render_ssm_clip(label: int, num_frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One clip of `SSM_CLASSES[label]` -> uint8 [T, H, W, 3].
+
+    A textured object (or two, for collide / pass) over a static low-frequency background, moving at
+    0.5-1 px per frame on a torus. Classes come in time-reversal pairs (2k, 2k+1) whose only difference is
+    the sign of the motion (or its order: start / stop, collide / pass), so a clip drawn with the same `rng`
+    state for both members of a pair has the same first frame, and a single frame does not tell them apart.
+    """
+    if not 0 <= label < len(SSM_CLASSES):
+        raise ValueError(f"label must be in [0, {len(SSM_CLASSES)}), got {label}")
+    h = w = size
+    bg = _smooth_background(rng, h, w).astype(np.float64)
+    name = SSM_CLASSES[label]
+    sign = 1.0 if label % 2 == 0 else -1.0
+    t = np.arange(num_frames, dtype=np.float64)
+    speed = rng.uniform(0.5, 1.0)  # px per frame
+    two = name in ("collide", "pass")
+    objs = [_ssm_object(rng, size, (0.12, 0.17) if two else (0.16, 0.24)) for _ in range(2 if two else 1)]
+    cy0, cx0, angle0 = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0, 2 * np.pi)
+    heading = rng.uniform(0, 2 * np.pi)
+    switch = rng.uniform(0.35, 0.65) * (num_frames - 1)  # start / stop and the meeting of collide / pass
+    r0 = objs[0]["radius"]
+    cy, cx = np.full_like(t, cy0), np.full_like(t, cx0)
+    angle, radius = np.full_like(t, angle0), np.full_like(t, r0)
+    if name in ("left", "right"):
+        cx = cx0 - sign * speed * t
+    elif name in ("up", "down"):
+        cy = cy0 - sign * speed * t
+    elif name in ("rotate_cw", "rotate_ccw"):  # image y points down: a growing angle turns clockwise
+        angle = angle0 + sign * (speed / r0) * t  # the rim moves at `speed`
+    elif name in ("approach", "recede"):
+        rate = min(speed / (2 * r0), math.log(2.0) / num_frames)  # rim speed <= speed while r <= 2 r0
+        radius = r0 * np.exp(sign * rate * t)
+    elif name in ("start", "stop"):
+        moved = np.maximum(t - switch, 0.0) if name == "start" else np.minimum(t, switch)
+        cy, cx = cy0 + math.sin(heading) * speed * moved, cx0 + math.cos(heading) * speed * moved
+    frames = np.empty((num_frames, h, w, 3), np.uint8)
+    for i in range(num_frames):
+        frame = bg.copy()
+        if two:
+            # Along an axis through (cy0, cx0): the objects close in until they touch at `switch`, then
+            # move apart again (collide) or go on through each other (pass); object 0 is drawn on top.
+            touch = 0.5 * (objs[0]["radius"] + objs[1]["radius"])
+            d = speed * (t[i] - switch)
+            s0 = -touch + d if (d < 0 or name == "pass") else -touch - d
+            for obj, pos in ((objs[1], -s0), (objs[0], s0)):
+                _ssm_draw(frame, obj, cy0 + math.sin(heading) * pos, cx0 + math.cos(heading) * pos, angle0,
+                          obj["radius"])
+        else:
+            _ssm_draw(frame, objs[0], cy[i], cx[i], angle[i], radius[i])
+        frames[i] = (np.clip(frame, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return frames
+
+
+def ssm_clips(split: int, count: int, num_frames: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`count` clips of split number `split` (0 train, 1 val, 2 test, ...) -> (uint8 [N, T, H, W, 3], labels
+    int64 [N]). Labels run round robin; clips 2k and 2k+1 are a time-reversal pair drawn from one seed."""
+    clips = np.empty((count, num_frames, size, size, 3), np.uint8)
+    labels = np.arange(count, dtype=np.int64) % len(SSM_CLASSES)
+    for i in range(count):
+        rng = np.random.default_rng(np.random.SeedSequence((seed, 100 + split, i - i % 2)))
+        clips[i] = render_ssm_clip(int(labels[i]), num_frames, size, rng)
+    return clips, labels
+
+
+def read_raw_clip(path: str | Path) -> np.ndarray:
+    """A raw clip file (`.npy`, uint8 [T, H, W, 3]) -> its frames; one clear line for anything else."""
+    clip = np.load(path, allow_pickle=False)
+    if clip.dtype != np.uint8 or clip.ndim != 4 or clip.shape[-1] != 3:
+        raise ValueError(f"{path}: expected uint8 [T, H, W, 3], got {clip.dtype} {list(clip.shape)}")
+    return clip
+
+
+class RawClipReader:
+    """The decoder interface of `videomae.data.decode` (`len`, `get(idx)`) over a raw `.npy` clip, so that list
+    files naming `.npy` clips load like videos: `reader = RawClipReader(path)` where the path ends in `.npy`."""
+
+    name = "raw"
+
+    def __init__(self, path: str | Path):
+        self.frames = read_raw_clip(path)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def get(self, idx: np.ndarray) -> np.ndarray:
+        return self.frames[idx]
+
+
+def write_ssm_dataset(root: str | Path, num_train: int, num_val: int, num_test: int, num_frames: int, size: int,
+                      seed: int) -> dict[str, Path]:
+    """Raw clips `videos/{split}_{i:05d}.npy` and the lists train.txt / val.txt / test.txt -> paths."""
+    root = Path(root)
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    paths = {"root": root}
+    for split_id, (split, count) in enumerate((("train", num_train), ("val", num_val), ("test", num_test))):
+        clips, labels = ssm_clips(split_id, count, num_frames, size, seed)
+        lines = []
+        for i, (clip, label) in enumerate(zip(clips, labels, strict=True)):
+            rel = f"videos/{split}_{i:05d}.npy"
+            np.save(root / rel, clip)
+            lines.append(f"{rel} {label}\n")
+        if count:
+            (root / f"{split}.txt").write_text("".join(lines))
+            paths[split] = root / f"{split}.txt"
+    (root / "classes.txt").write_text("".join(f"{name}\n" for name in SSM_CLASSES))
+    paths["classes"] = root / "classes.txt"
+    return paths
 
 
 # ---------------------------------------------------------------- writing
@@ -213,17 +371,27 @@ def write_synthetic_dataset(
     crf: int = 18,
     gop: int = 32,
     style: str = "texture",
+    num_test: int = 0,
 ) -> dict[str, Path]:
     """Write the dataset (balanced classes, round robin) and return its paths.
 
-    -> {'root', 'train', 'val', 'classes'}; list lines are `videos/train_00000.mp4 <label>`.
+    -> {'root', 'train', 'val', 'classes'} (+ 'test' for style "ssm" with num_test > 0); list lines are
+    `videos/train_00000.mp4 <label>` (`.npy` raw clips for style "ssm": square frames, no codec, no fps).
     Same arguments, same pixels: every clip draws from its own `SeedSequence((seed, split, i))`.
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    if num_test and style != "ssm":
+        raise ValueError(f"num_test: only style 'ssm' has a test split, got style {style!r}")
     params = SynthParams(num_train, num_val, num_frames, size if isinstance(size, int) else tuple(size), fps, seed,
-                         crf, gop, style)
+                         crf, gop, style, num_test=num_test)
     root = Path(root)
+    if style == "ssm":
+        if not isinstance(size, int):
+            raise ValueError(f"size: style 'ssm' renders square frames, got {size}")
+        paths = write_ssm_dataset(root, num_train, num_val, num_test, num_frames, size, seed)
+        (root / "meta.json").write_text(json.dumps(asdict(params), indent=1))
+        return paths
     (root / "videos").mkdir(parents=True, exist_ok=True)
     for split_id, (split, count) in enumerate((("train", num_train), ("val", num_val))):
         lines = []
@@ -251,8 +419,10 @@ def ensure_synthetic_dataset(root: str | Path, **kwargs) -> dict[str, Path]:
         if isinstance(found.get("size"), list):
             found["size"] = tuple(found["size"])
         found.setdefault("style", "texture")  # written before styles existed
+        found.setdefault("num_test", 0)
         if found == wanted:
-            return {"root": root, "train": root / "train.txt", "val": root / "val.txt",
-                    "classes": root / "classes.txt"}
+            paths = {"root": root, "train": root / "train.txt", "val": root / "val.txt",
+                     "classes": root / "classes.txt"}
+            return {**paths, "test": root / "test.txt"} if found["num_test"] else paths
         meta.unlink()
     return write_synthetic_dataset(root, **kwargs)

@@ -6,7 +6,8 @@ Older transformers stored `attention.attention.{q_bias,v_bias}`, newer ones `{qu
 
 HF model differences that change numbers: blocks use `config.layer_norm_eps` (default 1e-12),
 `decoder.norm` and the classifier's `fc_norm` are built with eps 1e-5 whatever the config says;
-input is `[B, T, C, H, W]`. `model_from_hf_config` sets all of these on our models.
+input is `[B, T, C, H, W]`. `videomae.checkpoint.model_from_hf_config` sets all of these on our models.
+Pure state-dict mappings: nothing here builds a model or reads a file.
 """
 
 from __future__ import annotations
@@ -138,89 +139,3 @@ def _top_to_hf(key: str) -> str:
     if key.startswith(("encoder_to_decoder.", "mask_token", "decoder.norm.", "decoder.head.", "fc_norm.")):
         return key
     raise ValueError(f"{key}: no Hugging Face equivalent")
-
-
-def _get(config, name: str, default):
-    return config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
-
-
-def _square(value, name: str) -> int:
-    if isinstance(value, (list, tuple)):
-        if len(set(value)) != 1:
-            raise ValueError(f"HF config {name}={value}: only square sizes are supported")
-        value = value[0]
-    return int(value)
-
-
-def model_from_hf_config(config, task: str | None = None, **overrides):
-    """Our model that reproduces an HF VideoMAE config (a `VideoMAEConfig` or its config.json dict).
-
-    task: "pretrain" (VideoMAEForPreTraining) or "classifier" (VideoMAEForVideoClassification);
-    taken from `config.architectures` when not given. Overrides go to the model's constructor.
-    """
-    from videomae.models import PretrainVisionTransformer, VisionTransformer
-
-    archs = _get(config, "architectures", None) or []
-    if task is None:
-        kinds = {"VideoMAEForPreTraining": "pretrain", "VideoMAEForVideoClassification": "classifier"}
-        found = {kinds[a] for a in archs if a in kinds}
-        if len(found) != 1:
-            raise ValueError(f"cannot tell the task from architectures={archs}: pass task='pretrain' or 'classifier'")
-        task = found.pop()
-    if _get(config, "hidden_act", "gelu") != "gelu":
-        raise ValueError(f"HF config hidden_act={_get(config, 'hidden_act', None)!r}: only exact GELU is supported")
-    hidden, inter = _get(config, "hidden_size", 768), _get(config, "intermediate_size", 3072)
-    mlp_ratio = inter / hidden
-    common = dict(
-        img_size=_square(_get(config, "image_size", 224), "image_size"),
-        patch_size=_square(_get(config, "patch_size", 16), "patch_size"),
-        num_frames=_get(config, "num_frames", 16), tubelet_size=_get(config, "tubelet_size", 2),
-        in_chans=_get(config, "num_channels", 3), mlp_ratio=mlp_ratio,
-        qkv_bias=_get(config, "qv_bias", _get(config, "qkv_bias", True)),  # renamed in newer transformers
-        norm_eps=_get(config, "layer_norm_eps", 1e-12), drop_rate=_get(config, "hidden_dropout_prob", 0.0),
-        attn_drop_rate=_get(config, "attention_probs_dropout_prob", 0.0),
-    )
-    heads = _get(config, "num_attention_heads", 12)
-    mean_pooling = _get(config, "use_mean_pooling", True)
-    if task == "pretrain":
-        if mean_pooling:
-            raise ValueError("HF pretraining with use_mean_pooling=True has no encoder LayerNorm: not representable")
-        dec_hidden = _get(config, "decoder_hidden_size", 384)
-        if int(dec_hidden * mlp_ratio) != _get(config, "decoder_intermediate_size", 1536):
-            raise ValueError("HF decoder_intermediate_size / decoder_hidden_size must equal the encoder's MLP ratio")
-        kw = dict(
-            common, encoder_embed_dim=hidden, encoder_depth=_get(config, "num_hidden_layers", 12),
-            encoder_num_heads=heads, decoder_embed_dim=dec_hidden,
-            decoder_depth=_get(config, "decoder_num_hidden_layers", 4),
-            decoder_num_heads=_get(config, "decoder_num_attention_heads", 6), decoder_norm_eps=HF_FIXED_NORM_EPS,
-            normalize_target=_get(config, "norm_pix_loss", True),
-        )
-        return PretrainVisionTransformer(**{**kw, **overrides})
-    if task != "classifier":
-        raise ValueError(f"task must be 'pretrain' or 'classifier', got {task!r}")
-    # A pretraining config fine-tuned into a classifier: mean pooling, as official fine-tuning.
-    if not mean_pooling and "VideoMAEForPreTraining" not in archs:
-        raise ValueError("HF classifier with use_mean_pooling=False pools token 0 of a sequence with no class "
-                         "token: not representable (ours mean-pools)")
-    id2label = _get(config, "id2label", None)
-    num_classes = len(id2label) if id2label else _get(config, "num_labels", 2)
-    kw = dict(common, embed_dim=hidden, depth=_get(config, "num_hidden_layers", 12), num_heads=heads,
-              num_classes=num_classes, fc_norm_eps=HF_FIXED_NORM_EPS)
-    return VisionTransformer(**{**kw, **overrides})
-
-
-def from_pretrained(directory, task: str | None = None, **overrides):
-    """Our model and its LoadReport from a local HF model folder (`config.json` + `model.safetensors`
-    or `pytorch_model.bin`), e.g. one written by `save_pretrained` or downloaded from the Hub."""
-    import json
-    from pathlib import Path
-
-    from videomae.checkpoint import load_checkpoint
-
-    directory = Path(directory)
-    config = json.loads((directory / "config.json").read_text())
-    weights = [directory / n for n in ("model.safetensors", "pytorch_model.bin") if (directory / n).is_file()]
-    if not weights:
-        raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin (sharded files are not read)")
-    model = model_from_hf_config(config, task=task, **overrides)
-    return model, load_checkpoint(model, weights[0], strict=True)

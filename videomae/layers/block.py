@@ -60,9 +60,10 @@ def stochastic_depth(rate: float, depth: int) -> list[float]:
     return [x.item() for x in torch.linspace(0, rate, depth, device="cpu")]
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, use_checkpoint: bool) -> torch.Tensor:
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
+    """The blocks in order; with `grad_checkpointing` each block's activations are recomputed in backward."""
     for blk in blocks:
-        if use_checkpoint and x.requires_grad:
+        if grad_checkpointing and x.requires_grad:
             x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
         else:
             x = blk(x)

@@ -1,9 +1,12 @@
-"""Cube (tubelet) embedding: `Conv3d(C, D, kernel=stride=(t, p, p))`, tokens in (t, h, w) raster order."""
+"""Cube (tubelet) embedding, the module of the op `videomae.ops.cube_embed`: `Conv3d(C, D, kernel=stride=(t, p, p))`
+(+ pos), tokens in (t, h, w) raster order."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from videomae import ops
 
 
 class CubeEmbed(nn.Module):
@@ -26,6 +29,14 @@ class CubeEmbed(nn.Module):
             raise ValueError(f"videos T={t}, H={h}, W={w} must be divisible by the cube ({tt}, {p}, {p})")
         return t // tt, h // p, w // p
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, C, T, H, W] -> [B, N, D]"""
-        return self.proj(x).flatten(2).transpose(1, 2)
+    def forward(self, videos: torch.Tensor, visible: torch.Tensor | None = None,
+                pos: torch.Tensor | None = None) -> torch.Tensor:
+        """videos: [B, C, T, H, W]; visible: [B, N_vis] int64 token ids, or None for every token;
+        pos: [1, N, D] or None, added in the output's dtype (the official `type_as`) -> [B, N_vis or N, D]
+
+        With ids this is `ops.cube_embed` (only the visible cubes are embedded); without, conv3d (the classifier).
+        """
+        if visible is not None:
+            return ops.cube_embed(videos, self.proj.weight, self.proj.bias, pos, visible)
+        x = self.proj(videos).flatten(2).transpose(1, 2)
+        return x if pos is None else x + pos.type_as(x)

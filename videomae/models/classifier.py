@@ -48,12 +48,15 @@ class VisionTransformer(nn.Module):
         norm_eps: float = 1e-6,
         fc_norm_eps: float | None = None,
         use_learnable_pos_emb: bool = False,
-        use_checkpoint: bool = False,
-        fused: bool = True,
+        grad_checkpointing: bool = False,
+        use_checkpoint: bool | None = None,
+        fused: bool | None = None,
     ):
         super().__init__()
+        # `use_checkpoint`: the official name of grad_checkpointing; `fused` is accepted for older callers and
+        # ignored (every token is embedded: conv3d, no fused op applies).
+        grad_checkpointing = grad_checkpointing or bool(use_checkpoint)
         self.num_classes = num_classes
-        self.fused = fused  # no fused op applies to a classifier yet; kept so every factory takes it
         self.patch_embed = CubeEmbed(patch_size, tubelet_size, in_chans, embed_dim)
         self.grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
         n = self.grid[0] * self.grid[1] * self.grid[2]
@@ -71,7 +74,7 @@ class VisionTransformer(nn.Module):
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps if fc_norm_eps is None else fc_norm_eps)
         self.fc_dropout = nn.Dropout(fc_drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.use_checkpoint = use_checkpoint
+        self.grad_checkpointing = grad_checkpointing
         if use_learnable_pos_emb:
             trunc_normal_std_(self.pos_embed, 0.02)
         self.apply(_trunc_init)
@@ -88,9 +91,8 @@ class VisionTransformer(nn.Module):
     def forward_tokens(self, videos: torch.Tensor) -> torch.Tensor:
         """videos: [B, C, T, H, W] -> the last block's tokens [B, N, D], (t, h, w) raster order"""
         grid = self.patch_embed.grid(videos.shape)
-        x = self.patch_embed(videos)
-        x = self.pos_drop(x + self.pos(grid).type_as(x))
-        return run_blocks(self.blocks, x, self.use_checkpoint)
+        x = self.pos_drop(self.patch_embed(videos, pos=self.pos(grid)))
+        return run_blocks(self.blocks, x, self.grad_checkpointing)
 
     def forward_features(self, videos: torch.Tensor) -> torch.Tensor:
         """videos: [B, C, T, H, W] -> pooled features [B, D]"""

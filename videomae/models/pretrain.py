@@ -13,8 +13,7 @@ from torch import nn
 
 from videomae import ops
 from videomae.layers import Block, CubeEmbed, run_blocks, sinusoid_table, stochastic_depth, table_for_grid
-from videomae.loss import pixel_loss
-from videomae.masking import check_mask
+from videomae.masking import TokenIds, check_mask, token_ids
 
 
 def _xavier_init(m: nn.Module) -> None:
@@ -36,7 +35,7 @@ class PretrainEncoder(nn.Module):
     def __init__(
         self, *, img_size, patch_size, num_frames, tubelet_size, in_chans, embed_dim, depth, num_heads, mlp_ratio,
         qkv_bias, drop_rate, attn_drop_rate, drop_path_rate, init_values, norm_eps, use_learnable_pos_emb,
-        use_checkpoint, fused,
+        grad_checkpointing,
     ):
         super().__init__()
         self.patch_embed = CubeEmbed(patch_size, tubelet_size, in_chans, embed_dim)
@@ -52,8 +51,7 @@ class PretrainEncoder(nn.Module):
             for dp in stochastic_depth(drop_path_rate, depth)
         )
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
-        self.use_checkpoint = use_checkpoint
-        self.fused = fused
+        self.grad_checkpointing = grad_checkpointing
         self.apply(_xavier_init)
         if use_learnable_pos_emb:
             trunc_normal_std_(self.pos_embed, 0.02)
@@ -65,28 +63,17 @@ class PretrainEncoder(nn.Module):
         # The official model feeds the fixed table detached: it is a constant, never trained.
         return table_for_grid(self.pos_table, self.grid, grid, learnable=False)
 
-    def embed_visible(self, videos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """videos: [B, C, T, H, W], mask: [B, N] -> visible tokens + pos [B, N_vis, D], raster order."""
-        grid = self.patch_embed.grid(videos.shape)
-        pos = self.pos(grid)
-        proj = self.patch_embed.proj
-        if self.fused:
-            return ops.cube_embed(videos, proj.weight, proj.bias, pos, mask)
-        x = self.patch_embed(videos)
-        x = x + pos.type_as(x)
-        return x[~mask].reshape(x.shape[0], -1, x.shape[-1])
-
-    def forward(self, videos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """videos: [B, C, T, H, W], mask: [B, N] True = masked -> [B, N_vis, D]"""
-        x = self.embed_visible(videos, mask)
-        x = run_blocks(self.blocks, x, self.use_checkpoint)
+    def forward(self, videos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """videos: [B, C, T, H, W], visible: [B, N_vis] int64 token ids -> [B, N_vis, D]"""
+        x = self.patch_embed(videos, visible, self.pos(self.patch_embed.grid(videos.shape)))
+        x = run_blocks(self.blocks, x, self.grad_checkpointing)
         return self.norm(x)
 
 
 class PretrainDecoder(nn.Module):
     def __init__(
         self, *, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, out_dim, drop_rate, attn_drop_rate,
-        drop_path_rate, init_values, norm_eps, final_norm_eps, use_checkpoint,
+        drop_path_rate, init_values, norm_eps, final_norm_eps, grad_checkpointing,
     ):
         super().__init__()
         self.blocks = nn.ModuleList(
@@ -95,21 +82,24 @@ class PretrainDecoder(nn.Module):
         )
         self.norm = nn.LayerNorm(embed_dim, eps=final_norm_eps)
         self.head = nn.Linear(embed_dim, out_dim)
-        self.use_checkpoint = use_checkpoint
+        self.grad_checkpointing = grad_checkpointing
         self.apply(_xavier_init)
 
     def forward(self, x: torch.Tensor, num_return: int) -> torch.Tensor:
         """x: [B, N_vis + N_dec, Dd] -> predictions for the last `num_return` tokens [B, N_dec, out_dim]"""
-        x = run_blocks(self.blocks, x, self.use_checkpoint)
+        x = run_blocks(self.blocks, x, self.grad_checkpointing)
         return self.head(self.norm(x[:, -num_return:]))
 
 
 class PretrainVisionTransformer(nn.Module):
     """VideoMAE (V1/V2) pretraining model.
 
-    forward(videos [B, 3, T, H, W], mask [B, N] Bool True = masked, decode_mask [B, N] Bool True = not
-    decoded (V2) or None) -> pred [B, N_dec, 3*t*p*p], N_dec = masked (V1) or decoded (V2) cubes,
-    in raster order, each cube flattened as (t, p, p, c) with channel fastest.
+    forward(videos [B, 3, T, H, W], ids: TokenIds) -> pred [B, N_dec, 3*t*p*p] for the cubes `ids.decoded`
+    (V1: the masked ones; V2: those the decode mask keeps), in raster order, each cube flattened as (t, p, p, c)
+    with channel fastest. Every op is a `videomae.ops` call: the `torch` backend is the eager reference
+    (`with ops.use_backend("torch"):`), the fused backends the fast path.
+
+    `grad_checkpointing` recomputes the blocks' activations in backward (official name: `use_checkpoint`).
     """
 
     def __init__(
@@ -134,20 +124,23 @@ class PretrainVisionTransformer(nn.Module):
         norm_eps: float = 1e-6,
         decoder_norm_eps: float | None = None,
         use_learnable_pos_emb: bool = False,
-        use_checkpoint: bool = False,
+        grad_checkpointing: bool = False,
         normalize_target: bool = True,
-        fused: bool = True,
+        use_checkpoint: bool | None = None,
+        fused: bool | None = None,
     ):
         super().__init__()
+        # `use_checkpoint`: the official name of grad_checkpointing. `fused` is accepted for older callers and
+        # ignored: which kernels run is the ops' dispatch (`videomae.ops.use_backend`), not the model's.
+        grad_checkpointing = grad_checkpointing or bool(use_checkpoint)
         self.patch_size, self.tubelet_size = patch_size, tubelet_size
         self.normalize_target = normalize_target
-        self.fused = fused
         self.encoder = PretrainEncoder(
             img_size=img_size, patch_size=patch_size, num_frames=num_frames, tubelet_size=tubelet_size,
             in_chans=in_chans, embed_dim=encoder_embed_dim, depth=encoder_depth, num_heads=encoder_num_heads,
             mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
             drop_path_rate=drop_path_rate, init_values=init_values, norm_eps=norm_eps,
-            use_learnable_pos_emb=use_learnable_pos_emb, use_checkpoint=use_checkpoint, fused=fused,
+            use_learnable_pos_emb=use_learnable_pos_emb, grad_checkpointing=grad_checkpointing,
         )
         self.decoder = PretrainDecoder(
             embed_dim=decoder_embed_dim, depth=decoder_depth, num_heads=decoder_num_heads, mlp_ratio=mlp_ratio,
@@ -155,7 +148,7 @@ class PretrainVisionTransformer(nn.Module):
             attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, init_values=init_values,
             # Hugging Face keeps the blocks at `norm_eps` but builds `decoder.norm` with eps 1e-5.
             norm_eps=norm_eps, final_norm_eps=norm_eps if decoder_norm_eps is None else decoder_norm_eps,
-            use_checkpoint=use_checkpoint,
+            grad_checkpointing=grad_checkpointing,
         )
         # Not covered by the encoder/decoder inits: keeps PyTorch's default Linear init, as the official model.
         self.encoder_to_decoder = nn.Linear(encoder_embed_dim, decoder_embed_dim, bias=False)
@@ -165,46 +158,42 @@ class PretrainVisionTransformer(nn.Module):
         self.register_buffer("decoder_pos_table", sinusoid_table(n, decoder_embed_dim), persistent=False)
 
     # --------------------------------------------------------------------------
-    # decoder input: [x_vis + pos[~mask] ; mask_token + pos[decoded]]
-
-    def decoder_input(self, x_vis: torch.Tensor, grid, mask: torch.Tensor, decode_mask: torch.Tensor | None):
-        """x_vis: [B, N_vis, Dd] -> [B, N_vis + N_dec, Dd], visible first then decoded, each in raster order"""
-        pos = table_for_grid(self.decoder_pos_table, self.encoder.grid, grid, learnable=False)
-        if self.fused:
-            return ops.decoder_input(x_vis, self.mask_token, pos, mask, decode_mask)
-        b, _, d = x_vis.shape
-        # Official: the table is cast to the clip's dtype (fp32 under autocast), so sums promote to it.
-        pos = pos.expand(b, -1, -1)
-        decoded = mask if decode_mask is None else ~decode_mask
-        pos_vis = pos[~mask].reshape(b, -1, d)
-        pos_dec = pos[decoded].reshape(b, -1, d)
-        return torch.cat([x_vis + pos_vis, self.mask_token + pos_dec], dim=1)
-
-    # --------------------------------------------------------------------------
+    # forward: encoder (visible cubes) -> decoder input (visible rows, then mask tokens) -> decoder -> loss
 
     def forward(
-        self, videos: torch.Tensor, mask: torch.Tensor, decode_mask: torch.Tensor | None = None
+        self, videos: torch.Tensor, ids: TokenIds | torch.Tensor, decode_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        grid = self.encoder.patch_embed.grid(videos.shape)
-        n = grid[0] * grid[1] * grid[2]
-        if not torch.compiler.is_compiling():  # the equal-count check syncs with the host
-            check_mask(mask, videos.shape[0], n, "mask")
-            if decode_mask is not None:
-                check_mask(decode_mask, videos.shape[0], n, "decode_mask")
-        x_vis = self.encoder(videos, mask)
-        x_vis = self.encoder_to_decoder(x_vis)
-        x = self.decoder_input(x_vis, grid, mask, decode_mask)
-        return self.decoder(x, x.shape[1] - x_vis.shape[1])
+        """videos: [B, C, T, H, W]; ids: `TokenIds` (or a Bool mask [B, N] True = masked, with an optional V2
+        decode_mask [B, N] True = not decoded, converted by `token_ids`: it syncs, keep it out of a step)
+        -> pred [B, N_dec, C*t*p*p]"""
+        ids = self.token_ids(videos, ids, decode_mask)
+        x_vis = self.encoder_to_decoder(self.encoder(videos, ids.visible))
+        pos = table_for_grid(self.decoder_pos_table, self.encoder.grid, self.encoder.patch_embed.grid(videos.shape),
+                             learnable=False)
+        x = ops.decoder_input(x_vis, self.mask_token, pos, ids.visible, ids.decoded)
+        return self.decoder(x, ids.decoded.shape[1])
 
     def forward_loss(
-        self, videos: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, decode_mask: torch.Tensor | None = None
+        self, videos: torch.Tensor, pred: torch.Tensor, ids: TokenIds | torch.Tensor,
+        decode_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Normalized-pixel MSE over the reconstructed cubes (fp32), fused when `fused`."""
-        kw = dict(tubelet_size=self.tubelet_size, patch_size=self.patch_size,
-                  normalize_target=self.normalize_target, decode_mask=decode_mask)
-        if self.fused:
-            return ops.norm_pix_mse(pred, videos, mask, **kw)
-        return pixel_loss(pred, videos, mask, **kw)
+        """Normalized-pixel MSE over the reconstructed cubes (fp32) -> scalar; ids as in `forward`."""
+        ids = self.token_ids(videos, ids, decode_mask)
+        return ops.norm_pix_mse(pred, videos, ids.decoded, ids.scored, tubelet_size=self.tubelet_size,
+                                patch_size=self.patch_size, normalize_target=self.normalize_target)
+
+    def token_ids(self, videos: torch.Tensor, ids: TokenIds | torch.Tensor,
+                  decode_mask: torch.Tensor | None = None) -> TokenIds:
+        """TokenIds as given; Bool masks checked against the clip's grid and converted once by `token_ids`."""
+        if isinstance(ids, TokenIds):
+            if decode_mask is not None:
+                raise ValueError("decode_mask must be None when ids are TokenIds (they carry the decoded ids)")
+            return ids
+        t, h, w = self.encoder.patch_embed.grid(videos.shape)
+        check_mask(ids, videos.shape[0], t * h * w, "mask")
+        if decode_mask is not None:
+            check_mask(decode_mask, videos.shape[0], t * h * w, "decode_mask")
+        return token_ids(ids, decode_mask)
 
     def no_weight_decay(self) -> set[str]:
         return {"mask_token", "encoder.pos_embed"}

@@ -1,13 +1,14 @@
 """Input validation shared by every backend: bad input is a ValueError that names the argument.
 
-Validation runs before dispatch, so a call fails the same way whichever backend would have run it.
+Validation runs once, in the public op, before dispatch, so a call fails the same way whichever backend would
+have run it. It reads shapes, dtypes and devices only, never tensor values (that would sync with a GPU):
+token ids in range, equal counts per sample and raster order are checked where they are made, by
+`videomae.masking.token_ids`.
 """
 
 from __future__ import annotations
 
 import torch
-
-from videomae.masking import check_mask
 
 FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 VIDEO_DTYPES = (*FLOATS, torch.uint8)
@@ -31,14 +32,14 @@ def _same_device(ref: torch.Tensor, **tensors: torch.Tensor | None) -> None:
             raise ValueError(f"{name} must be on {ref.device} like the other inputs, got {t.device}")
 
 
-def _mask(mask, name: str, batch: int, num_tokens: int) -> int | None:
-    """Masked count per sample; None under torch.compile, where counting would read the mask's values."""
-    _tensor(mask, name, (2,), (torch.bool,))
-    if torch.compiler.is_compiling():
-        if tuple(mask.shape) != (batch, num_tokens):
-            raise ValueError(f"{name} must have shape [B={batch}, N={num_tokens}], got {list(mask.shape)}")
-        return None
-    return check_mask(mask, batch, num_tokens, name)
+def _ids(ids, name: str, batch: int, num_tokens: int, count: int | None = None) -> int:
+    """Token ids [B, K] int64 (K <= N, or K == count when given) -> K."""
+    _tensor(ids, name, (2,), (torch.int64,))
+    k = ids.shape[1]
+    if ids.shape[0] != batch or k > num_tokens or (count is not None and k != count):
+        want = f"[B={batch}, {'K<=' + str(num_tokens) if count is None else count}]"
+        raise ValueError(f"{name} must be int64 token ids of shape {want}, got {list(ids.shape)}")
+    return k
 
 
 def _pos(pos, name: str, num_tokens: int, width: int) -> None:
@@ -63,7 +64,7 @@ def grid_of(videos: torch.Tensor, tubelet: int, patch: int, name: str = "videos"
     return t // tubelet, h // patch, w // patch
 
 
-def check_cube_embed(videos, weight, bias, pos, mask, mean, std) -> None:
+def check_cube_embed(videos, weight, bias, pos, visible, mean, std) -> None:
     _tensor(videos, "videos", (5,), VIDEO_DTYPES)
     _tensor(weight, "weight", (5,), FLOATS)
     b, c = videos.shape[:2]
@@ -72,8 +73,6 @@ def check_cube_embed(videos, weight, bias, pos, mask, mean, std) -> None:
         raise ValueError(f"weight must have {c} input channels like videos, got shape {list(weight.shape)}")
     if kh != kw:
         raise ValueError(f"weight must have a square spatial kernel, got shape {list(weight.shape)}")
-    if videos.dtype != torch.uint8 and videos.dtype != weight.dtype:
-        raise ValueError(f"videos must have weight's dtype {weight.dtype} (or be uint8), got {videos.dtype}")
     tt, hh, ww = grid_of(videos, kt, kh)
     if bias is not None:
         _tensor(bias, "bias", (1,), FLOATS)
@@ -81,14 +80,14 @@ def check_cube_embed(videos, weight, bias, pos, mask, mean, std) -> None:
             raise ValueError(f"bias must have shape [{d}], got {list(bias.shape)}")
     if pos is not None:
         _pos(pos, "pos", tt * hh * ww, d)
-    _mask(mask, "mask", b, tt * hh * ww)
-    _same_device(videos, weight=weight, bias=bias, pos=pos, mask=mask)
+    _ids(visible, "visible", b, tt * hh * ww)
+    _same_device(videos, weight=weight, bias=bias, pos=pos, visible=visible)
     if videos.dtype == torch.uint8:
         _stats(mean, "mean", c)
         _stats(std, "std", c)
 
 
-def check_decoder_input(x_vis, mask_token, pos, mask, decode_mask) -> None:
+def check_decoder_input(x_vis, mask_token, pos, visible, decoded) -> None:
     _tensor(x_vis, "x_vis", (3,), FLOATS)
     b, nv, d = x_vis.shape
     _tensor(mask_token, "mask_token", (1, 2, 3), FLOATS)
@@ -97,29 +96,28 @@ def check_decoder_input(x_vis, mask_token, pos, mask, decode_mask) -> None:
     _tensor(pos, "pos", (2, 3), FLOATS)
     n = pos.shape[-2]
     _pos(pos, "pos", n, d)
-    masked = _mask(mask, "mask", b, n)
-    if masked is not None and n - masked != nv:
-        raise ValueError(f"x_vis must have one row per visible token ({n - masked}), got shape {list(x_vis.shape)}")
-    if decode_mask is not None:
-        _mask(decode_mask, "decode_mask", b, n)
-    _same_device(x_vis, mask_token=mask_token, pos=pos, mask=mask, decode_mask=decode_mask)
+    if visible.dim() == 2 and visible.shape[1] != nv:
+        raise ValueError(f"x_vis must have one row per visible id ({visible.shape[1]}), got shape {list(x_vis.shape)}")
+    _ids(visible, "visible", b, n, nv)
+    _ids(decoded, "decoded", b, n)
+    _same_device(x_vis, mask_token=mask_token, pos=pos, visible=visible, decoded=decoded)
 
 
-def check_norm_pix_mse(pred, videos, mask, decode_mask, tubelet, patch, style, mean, std) -> None:
+def check_norm_pix_mse(pred, videos, decoded, scored, tubelet, patch, style, mean, std) -> None:
     _tensor(pred, "pred", (3,), FLOATS)
     _tensor(videos, "videos", (5,), VIDEO_DTYPES)
     b, c = videos.shape[:2]
     if style not in ("videomae", "mae_st"):
         raise ValueError(f"style must be 'videomae' or 'mae_st', got {style!r}")
     tt, hh, ww = grid_of(videos, tubelet, patch)
-    n = tt * hh * ww
-    decoded = _mask(mask, "mask", b, n)
-    if decode_mask is not None:
-        kept = _mask(decode_mask, "decode_mask", b, n)
-        decoded = None if kept is None else n - kept
-    want = (b, pred.shape[1] if decoded is None else decoded, c * tubelet * patch * patch)
+    n_dec = _ids(decoded, "decoded", b, tt * hh * ww)
+    want = (b, n_dec, c * tubelet * patch * patch)
     if tuple(pred.shape) != want:
         raise ValueError(f"pred must have shape {list(want)} (decoded cubes x values), got {list(pred.shape)}")
-    _same_device(pred, videos=videos, mask=mask, decode_mask=decode_mask)
+    if scored is not None:
+        _tensor(scored, "scored", (2,), (torch.bool,))
+        if tuple(scored.shape) != (b, n_dec):
+            raise ValueError(f"scored must be Bool of decoded's shape {[b, n_dec]}, got {list(scored.shape)}")
+    _same_device(pred, videos=videos, decoded=decoded, scored=scored)
     _stats(mean, "mean", c)
     _stats(std, "std", c)

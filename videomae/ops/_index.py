@@ -1,28 +1,46 @@
-"""Index tables the kernels are driven by, built from Bool masks with torch ops.
-
-Masks hold the same count per sample (validated), so per-sample token lists stack into [B, K].
-"""
+"""Static-shape index helpers shared by the backends (no host sync, no data-dependent size)."""
 
 from __future__ import annotations
 
 import torch
 
+_CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-def tokens_where(keep: torch.Tensor, count: int | None = None) -> torch.Tensor:
-    """keep: Bool [B, N] -> token ids [B, K] int32 of the True entries, raster order (K equal per sample).
 
-    With `count` (= K, known from another tensor's shape) a stable sort keeps the output shape static,
-    which torch.compile can trace without data-dependent sizes.
+def channel_constants(mean, std, device: torch.device, dtype: torch.dtype = torch.float32
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) as [C] tensors on `device`, made once per (values, device, dtype): a step must not copy
+    Python data to the device on every call (each copy waits for the host)."""
+    key = (tuple(mean), tuple(std), str(device), dtype)
+    if key in _CONSTANTS:
+        return _CONSTANTS[key]
+    m = torch.tensor(mean, dtype=dtype).to(device)
+    s = torch.tensor(std, dtype=dtype).to(device)
+    # Under tracing (fake / functional tensors) these are the tracer's own tensors: never cache those.
+    if type(m) is torch.Tensor and m.device.type != "meta":
+        _CONSTANTS[key] = (m, s)
+    return m, s
+
+
+def take_rows(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """x [B, N, D] (or [1, N, D], broadcast over the batch), ids [B, K] int64 -> x[b, ids[b, k]]: [B, K, D]."""
+    if x.shape[0] != ids.shape[0]:
+        x = x.expand(ids.shape[0], *x.shape[1:])
+    return x.gather(1, ids.unsqueeze(-1).expand(*ids.shape, x.shape[-1]))
+
+
+def put_rows(rows: torch.Tensor, ids: torch.Tensor, num_tokens: int, dtype: torch.dtype | None = None,
+             into: torch.Tensor | None = None) -> torch.Tensor:
+    """rows [B, K, D] -> [B, N, D], zero except out[b, ids[b, k]] = rows[b, k] (added to `into` when given).
+
+    Ids are unique per sample, so the scatter has no collisions: deterministic on every device.
     """
-    if count is None:
-        return keep.nonzero()[:, 1].view(keep.shape[0], -1).to(torch.int32)
-    order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)
-    return order[:, :count].to(torch.int32)
-
-
-def decoded_mask(mask: torch.Tensor, decode_mask: torch.Tensor | None) -> torch.Tensor:
-    """The tokens the decoder reconstructs: the encoder-masked ones (V1) or those not decode-masked (V2)."""
-    return mask if decode_mask is None else ~decode_mask
+    b, _, d = rows.shape
+    idx = ids.unsqueeze(-1).expand(*ids.shape, d)
+    if into is not None:
+        return into.scatter_add(1, idx, rows.to(into.dtype))
+    out = rows.new_zeros(b, num_tokens, d, dtype=dtype or rows.dtype)
+    return out.scatter_(1, idx, rows.to(out.dtype))
 
 
 def rows_of(tokens: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -34,17 +52,16 @@ def rows_of(tokens: torch.Tensor, num_tokens: int) -> torch.Tensor:
     b, k = tokens.shape
     rows = torch.full((b, num_tokens), -1, dtype=torch.int32, device=tokens.device)
     src = torch.arange(k, dtype=torch.int32, device=tokens.device).expand(b, k)
-    return rows.scatter_(1, tokens.long(), src)
+    return rows.scatter_(1, tokens, src)
 
 
-def loss_weights(mask: torch.Tensor, decode_mask: torch.Tensor | None, tokens: torch.Tensor,
-                 values_per_cube: int) -> torch.Tensor:
-    """Weight of each decoded cube's squared-error sum in the loss; tokens [B, N_dec] decoded ids -> [B, N_dec] fp32.
+def loss_weights(decoded: torch.Tensor, scored: torch.Tensor | None, values_per_cube: int) -> torch.Tensor:
+    """Weight of each decoded cube's squared-error sum in the loss -> [B, N_dec] fp32, on the device.
 
-    V1: 1 / (B * N_dec * E), the mean over all values; V2: [masked] / (E * #decoded-and-masked).
-    A gather, not a Boolean index, so the shapes stay static under torch.compile.
+    V1 (scored None): 1 / (B * N_dec * E), the mean over all values; V2: scored / (E * #scored).
     """
-    w = mask.gather(1, tokens.long()).float()
-    if decode_mask is None:
-        return torch.full_like(w, 1.0 / (w.numel() * values_per_cube))
+    if scored is None:
+        return torch.full(decoded.shape, 1.0 / (decoded.numel() * values_per_cube), dtype=torch.float32,
+                          device=decoded.device)
+    w = scored.float()
     return w / (values_per_cube * w.sum())

@@ -1,8 +1,10 @@
 """The `cuda` backend: ops `videomae::{op}_cuda` compiled from csrc/ into `videomae._C`.
 
-Schemas and CUDA kernels come from C++ (`TORCH_LIBRARY` / `TORCH_LIBRARY_IMPL` in csrc/bindings.cpp, with the
-schemas of `library.SCHEMAS`); fake kernels and autograd are the shared ones of `library.py`. Without a loadable
-extension nothing is registered and the dispatch reports `_ext.reason()`.
+The schemas are the one table `library.SCHEMAS`, defined here; the extension only implements them
+(`TORCH_LIBRARY_IMPL(videomae, CUDA, m)` in csrc/bindings.cpp). The dispatcher takes the C++ kernels before their
+schemas and checks, when a schema is defined, that the kernel's C++ signature matches it: an extension built from
+other sources fails here, with one line saying to rebuild. Fake kernels and autograd are the shared ones of
+`library.py`. Without a usable extension nothing is registered and the dispatch reports why.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from videomae import _ext
 
 from .dispatch import Backend, mark_broken, register_backend
-from .library import register_fakes_and_autograd
+from .library import SCHEMAS, qualname, register_fakes_and_autograd
 
 MAX_CHANNELS = 4  # per-channel constants live in registers (csrc/videomae_kernels.h: ChannelAffine)
 MAX_CUBE = 40960  # norm_pix_mse stages a cube in shared memory as fp32 (160 KiB)
@@ -39,16 +41,36 @@ def _runs_on(capability: tuple[int, int]) -> bool:
     return False
 
 
+def define_schemas(namespace: str = "videomae") -> None:
+    """Define the six `{op}_cuda` ops of `library.SCHEMAS` in `namespace` (`videomae_emu`: the tests' CPU build)."""
+    for op, schema in SCHEMAS.items():
+        torch.library.define(f"{namespace}::{qualname(op, 'cuda').split('::')[1]}", schema)
+
+
+def _register() -> str:
+    """Load the extension and register its ops: '' when done, else why not."""
+    if not _ext.available():
+        return _ext.reason()
+    try:
+        define_schemas()
+    except RuntimeError as e:  # the C++ kernels' signatures do not match SCHEMAS: a stale build
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return (f"videomae._C does not match the op schemas of videomae.ops.library ({first}); rebuild: "
+                "pip install --no-build-isolation -e .")
+    register_fakes_and_autograd("cuda")
+    return ""
+
+
 class CudaBackend(Backend):
     """CUDA C++ kernels (csrc/): fp32/bf16/fp16 on sm_80+ for the archs the extension was built for."""
 
-    name, priority = "cuda", 30
+    name = "cuda"
     devices = ("cuda",)
     min_compute_capability = (8, 0)
 
     def unavailable_reasons(self) -> list[str]:
-        if not _ext.available():
-            return [_ext.reason()]
+        if _REASON:
+            return [_REASON]
         if not torch.cuda.is_available():
             return ["no CUDA device"]
         return []
@@ -75,8 +97,8 @@ class CudaBackend(Backend):
         return reasons
 
 
-if _ext.available():
-    register_fakes_and_autograd("cuda")
-    register_backend(CudaBackend())
+_REASON = _register()
+if _REASON:
+    mark_broken("cuda", _REASON)
 else:
-    mark_broken("cuda", _ext.reason())
+    register_backend(CudaBackend())

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from videomae.masking import make_mask, running_cell_mask
+from videomae.masking import TokenIds, make_mask, running_cell_mask, token_ids
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ VIT = {
 }
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+def _gen(seed: int, device="cpu") -> torch.Generator:
+    return torch.Generator(device).manual_seed(seed)
 
 
 def masks(case: Case, seed: int = 0, v2: bool = False, device="cpu"):
@@ -63,60 +63,61 @@ def masks(case: Case, seed: int = 0, v2: bool = False, device="cpu"):
     return mask.to(device), None if dm is None else dm.to(device)
 
 
-def _randn(shape, dtype, device, gen, scale=1.0, grad=False) -> torch.Tensor:
-    x = (torch.randn(shape, generator=gen) * scale).to(device=device, dtype=dtype)
-    return x.requires_grad_(grad)
+def ids(case: Case, seed: int = 0, v2: bool = False, device="cpu") -> TokenIds:
+    """The masks of `masks` in index form."""
+    return token_ids(*masks(case, seed, v2)).to(device)
+
+
+def _randn(shape, dtype, device, seed: int, scale=1.0, grad=False) -> torch.Tensor:
+    """Made on `device` itself (a GPU test must not wait on CPU randn and a copy)."""
+    x = torch.randn(shape, generator=_gen(seed, device), device=device) * scale
+    return x.to(dtype).requires_grad_(grad)
 
 
 def clip(case: Case, dtype, device="cpu", seed: int = 0, grad: bool = False) -> torch.Tensor:
     """Random clip [B, C, T, H, W]: uint8 pixels, or standard-normal values (already 'normalized')."""
     shape = (case.batch, case.channels, case.frames, case.height, case.width)
     if dtype == torch.uint8:
-        return torch.randint(0, 256, shape, generator=_gen(seed), dtype=torch.uint8).to(device)
-    return _randn(shape, dtype, device, _gen(seed), grad=grad)
+        return torch.randint(0, 256, shape, generator=_gen(seed, device), dtype=torch.uint8, device=device)
+    return _randn(shape, dtype, device, seed, grad=grad)
 
 
 def cube_embed_inputs(case: Case, dtype, device="cpu", seed: int = 0, uint8: bool = False, grad: bool = True,
                       bias: bool = True, pos: bool = True) -> dict:
     """-> kwargs of cube_embed; weight ~ N(0, 1/K) keeps outputs O(1) like PyTorch's conv init."""
-    g = _gen(seed + 100)
     k = case.values
     w_shape = (case.dim, case.channels, case.tubelet, case.patch, case.patch)
     return dict(
         videos=clip(case, torch.uint8 if uint8 else dtype, device, seed, grad=grad and not uint8),
-        weight=_randn(w_shape, dtype, device, g, k**-0.5, grad),
-        bias=_randn((case.dim,), dtype, device, g, 1.0, grad) if bias else None,
-        pos=_randn((1, case.tokens, case.dim), torch.float32, device, g, 1.0, grad) if pos else None,
-        mask=masks(case, seed, device=device)[0],
+        weight=_randn(w_shape, dtype, device, seed + 100, k**-0.5, grad),
+        bias=_randn((case.dim,), dtype, device, seed + 101, 1.0, grad) if bias else None,
+        pos=_randn((1, case.tokens, case.dim), torch.float32, device, seed + 102, 1.0, grad) if pos else None,
+        visible=ids(case, seed, device=device).visible,
     )
 
 
 def decoder_input_inputs(case: Case, dtype, device="cpu", seed: int = 0, v2: bool = False,
                          pos_grad: bool = False) -> dict:
     """-> kwargs of decoder_input."""
-    g = _gen(seed + 200)
-    mask, dm = masks(case, seed, v2, device)
-    nv = case.tokens - int(mask[0].sum())
+    t = ids(case, seed, v2, device)
     return dict(
-        x_vis=_randn((case.batch, nv, case.dec_dim), dtype, device, g, grad=True),
-        mask_token=_randn((1, 1, case.dec_dim), torch.float32, device, g, 0.02, True),
-        pos=_randn((1, case.tokens, case.dec_dim), torch.float32, device, g, grad=pos_grad),
-        mask=mask,
-        decode_mask=dm,
+        x_vis=_randn((case.batch, t.visible.shape[1], case.dec_dim), dtype, device, seed + 200, grad=True),
+        mask_token=_randn((1, 1, case.dec_dim), torch.float32, device, seed + 201, 0.02, True),
+        pos=_randn((1, case.tokens, case.dec_dim), torch.float32, device, seed + 202, grad=pos_grad),
+        visible=t.visible,
+        decoded=t.decoded,
     )
 
 
 def norm_pix_mse_inputs(case: Case, dtype, device="cpu", seed: int = 0, v2: bool = False,
                         uint8: bool = False) -> dict:
-    """-> (pred, videos, mask) plus keyword arguments of norm_pix_mse, as one dict."""
-    mask, dm = masks(case, seed, v2, device)
-    decoded = mask if dm is None else ~dm
-    n_dec = int(decoded[0].sum())
+    """-> (pred, videos, decoded, scored) plus keyword arguments of norm_pix_mse, as one dict."""
+    t = ids(case, seed, v2, device)
     return dict(
-        pred=_randn((case.batch, n_dec, case.values), dtype, device, _gen(seed + 300), grad=True),
+        pred=_randn((case.batch, t.decoded.shape[1], case.values), dtype, device, seed + 300, grad=True),
         videos=clip(case, torch.uint8 if uint8 else dtype, device, seed),
-        mask=mask,
-        decode_mask=dm,
+        decoded=t.decoded,
+        scored=t.scored,
         tubelet_size=case.tubelet,
         patch_size=case.patch,
     )

@@ -1,7 +1,8 @@
-"""The `torch` backend: eager implementations of the ops' forward and backward, any device.
+"""The `torch` backend: the ops in eager torch, any device. It is the unfused path of the model.
 
-Cheaper than the references (only visible / decoded cubes are embedded or normalized) but plain
-torch: the baseline every fused backend must beat, and the fallback when none can run.
+Forward kernels are the ops' references (`<op>_ref`, the official computation: conv3d over every cube,
+torch's type promotion in the decoder input, targets of every cube); backward kernels are written out with
+static-shape gathers and collision-free scatters (deterministic on every device).
 """
 
 from __future__ import annotations
@@ -9,121 +10,96 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from ._index import decoded_mask, loss_weights, tokens_where
+from ._index import loss_weights, put_rows, take_rows
+from .cube_embed import cube_embed_ref, normalize_uint8
+from .decoder_input import decoder_input_ref
 from .library import define_ops
-from .reference import normalize_uint8
+from .norm_pix_mse import norm_pix_mse_ref, pixel_targets
 
 CUBES = "b c (t p0) (h p1) (w p2) -> b (t h w) (c p0 p1 p2)"  # conv3d's weight order (c, t, p, p)
 
 
-def _cubes(videos, weight, mean, std) -> torch.Tensor:
+def cube_embed(videos: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pos: torch.Tensor | None,
+               visible: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """-> [B, N_vis, D]"""
+    return cube_embed_ref(videos, weight, bias, pos, visible, mean=mean, std=std)
+
+
+def _cubes(videos: torch.Tensor, weight: torch.Tensor, mean, std) -> torch.Tensor:
     """videos [B, C, T, H, W] -> [B, N, C*t*p*p] in weight's dtype (uint8 normalized)."""
     _, _, t, p, _ = weight.shape
-    if videos.dtype == torch.uint8:
-        videos = normalize_uint8(videos, mean, std, weight.dtype)
-    return rearrange(videos, CUBES, p0=t, p1=p, p2=p)
+    videos = normalize_uint8(videos, mean, std, weight.dtype) if videos.dtype == torch.uint8 else videos
+    return rearrange(videos.to(weight.dtype), CUBES, p0=t, p1=p, p2=p)
 
 
-def cube_embed(videos, weight, bias, pos, mask, mean, std):
-    """-> [B, N_vis, D]"""
-    b, d = videos.shape[0], weight.shape[0]
-    vis = _cubes(videos, weight, mean, std)[~mask]  # [B*N_vis, K]
-    w = weight.reshape(d, -1)
-    out = vis @ w.t() if bias is None else torch.addmm(bias, vis, w.t())
-    if pos is not None:
-        out = out + pos.reshape(-1, d)[tokens_where(~mask).flatten().long()].to(out.dtype)
-    return out.view(b, -1, d)
-
-
-def cube_embed_backward(grad, videos, weight, mask, mean, std, needs):
+def cube_embed_backward(grad: torch.Tensor, videos: torch.Tensor, weight: torch.Tensor, visible: torch.Tensor,
+                        mean: list[float], std: list[float], needs: list[bool]
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """grad [B, N_vis, D] -> (d videos, d weight, d bias fp32 [D], d pos fp32 [N, D]); empty where not needed."""
     need_videos, need_weight, need_bias, need_pos = needs
-    b, n = mask.shape
-    d = weight.shape[0]
+    _, _, t, p, _ = weight.shape
+    grid = (videos.shape[2] // t, videos.shape[3] // p, videos.shape[4] // p)
+    n, d = grid[0] * grid[1] * grid[2], weight.shape[0]
     g = grad.reshape(-1, d)
     gv, gw, gb, gp = (grad.new_empty(0) for _ in range(4))  # distinct: op outputs may not alias
     if need_weight:
-        gw = (g.t() @ _cubes(videos, weight, mean, std)[~mask]).view_as(weight)
+        gw = (g.t() @ take_rows(_cubes(videos, weight, mean, std), visible).reshape(g.shape[0], -1)).view_as(weight)
     if need_bias:
-        gb = g.float().sum(0)
+        gb = g.sum(0, dtype=torch.float32)
     if need_pos:
-        full = torch.zeros(b, n, d, dtype=torch.float32, device=grad.device)
-        full[~mask] = g.float()
-        gp = full.sum(0)
+        gp = put_rows(grad, visible, n, torch.float32).sum(0)
     if need_videos:
-        _, _, t, p, _ = weight.shape
-        full = torch.zeros(b, n, weight[0].numel(), dtype=grad.dtype, device=grad.device)
-        full[~mask] = g @ weight.reshape(d, -1)
-        tt, hh, ww = videos.shape[2] // t, videos.shape[3] // p, videos.shape[4] // p
-        gv = rearrange(full, "b (t h w) (c p0 p1 p2) -> b c (t p0) (h p1) (w p2)", t=tt, h=hh, w=ww, p0=t, p1=p, p2=p)
-        gv = gv.contiguous()
+        full = put_rows((g @ weight.reshape(d, -1)).view(*visible.shape, -1), visible, n)
+        gv = rearrange(full, "b (t h w) (c p0 p1 p2) -> b c (t p0) (h p1) (w p2)", t=grid[0], h=grid[1], w=grid[2],
+                       p0=t, p1=p, p2=p).to(videos.dtype).contiguous()
     return gv, gw, gb, gp
 
 
-def decoder_input(x_vis, mask_token, pos, mask, decode_mask):
-    """-> [B, N_vis + N_dec, Dd], sums in fp32"""
-    b, _, d = x_vis.shape
-    table = pos.reshape(-1, d).float()
-    vis = x_vis.float() + table[tokens_where(~mask).long()]
-    dec = mask_token.reshape(1, 1, d).float() + table[tokens_where(decoded_mask(mask, decode_mask)).long()]
-    return torch.cat([vis, dec], dim=1).to(x_vis.dtype)
+def decoder_input(x_vis: torch.Tensor, mask_token: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor,
+                  decoded: torch.Tensor) -> torch.Tensor:
+    """-> [B, N_vis + N_dec, Dd] with torch's type promotion (the official numerics)"""
+    return decoder_input_ref(x_vis, mask_token, pos, visible, decoded)
 
 
-def decoder_input_backward(grad, mask, decode_mask, num_visible: int, need_pos: bool):
+def decoder_input_backward(grad: torch.Tensor, visible: torch.Tensor, decoded: torch.Tensor, num_tokens: int,
+                           need_pos: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """grad [B, N_vis + N_dec, Dd] -> (d x_vis, d mask_token fp32 [Dd], d pos fp32 [N, Dd] or empty)."""
-    b, n = mask.shape
-    d = grad.shape[-1]
-    gx = grad[:, :num_visible].clone()
-    gd = grad[:, num_visible:].float()
-    gm = gd.sum((0, 1))
+    nv = visible.shape[1]
+    gx = grad[:, :nv].clone()
+    gd = grad[:, nv:]
+    gm = gd.sum((0, 1), dtype=torch.float32)
     gp = grad.new_empty(0, dtype=torch.float32)
     if need_pos:
-        full = torch.zeros(b, n, d, dtype=torch.float32, device=grad.device)
-        full[~mask] = gx.float().reshape(-1, d)
-        full[decoded_mask(mask, decode_mask)] += gd.reshape(-1, d)
-        gp = full.sum(0)
+        # A token both visible and decoded (V2) gets both rows: add the decoded rows on top.
+        full = put_rows(gx, visible, num_tokens, torch.float32)
+        gp = put_rows(gd, decoded, num_tokens, into=full).sum(0)
     return gx, gm, gp
 
 
-def _targets(videos, mask, decode_mask, tubelet, patch, normalize, style, mean, std):
-    """Pixel targets of the decoded cubes only -> ([B, N_dec, t*p*p*C] fp32, loss weight per cube [B, N_dec])."""
-    m = torch.tensor(mean, dtype=torch.float32, device=videos.device).view(1, -1, 1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=videos.device).view(1, -1, 1, 1, 1)
-    x = videos.float()
-    if videos.dtype == torch.uint8:
-        x = x / 255 if style == "videomae" else (x / 255 - m) / s
-    elif style == "videomae":
-        x = x * s + m
-    cubes = rearrange(x, "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c", p0=tubelet, p1=patch, p2=patch)
-    b = cubes.shape[0]
-    dec = decoded_mask(mask, decode_mask)
-    cubes = cubes[dec].reshape(b, -1, *cubes.shape[2:])
-    if normalize and style == "videomae":
-        cubes = (cubes - cubes.mean(-2, keepdim=True)) / (cubes.var(-2, keepdim=True).sqrt() + 1e-6)
-    cubes = cubes.flatten(2)
-    if normalize and style == "mae_st":
-        cubes = (cubes - cubes.mean(-1, keepdim=True)) / (cubes.var(-1, keepdim=True) + 1e-6) ** 0.5
-    return cubes, loss_weights(mask, decode_mask, tokens_where(dec, cubes.shape[1]), cubes.shape[-1])
-
-
-def norm_pix_mse(pred, videos, mask, decode_mask, tubelet_size, patch_size, normalize_target, style, mean, std):
+def norm_pix_mse(pred: torch.Tensor, videos: torch.Tensor, decoded: torch.Tensor, scored: torch.Tensor | None,
+                 tubelet_size: int, patch_size: int, normalize_target: bool, style: str, mean: list[float],
+                 std: list[float]) -> torch.Tensor:
     """-> scalar fp32 loss"""
-    tgt, w = _targets(videos, mask, decode_mask, tubelet_size, patch_size, normalize_target, style, mean, std)
-    return (((pred.float() - tgt) ** 2).sum(-1) * w).sum()
+    return norm_pix_mse_ref(pred, videos, decoded, scored, tubelet_size=tubelet_size, patch_size=patch_size,
+                            normalize_target=normalize_target, style=style, mean=mean, std=std)
 
 
-def norm_pix_mse_backward(grad, pred, videos, mask, decode_mask, tubelet_size, patch_size, normalize_target, style,
-                          mean, std):
+def norm_pix_mse_backward(grad: torch.Tensor, pred: torch.Tensor, videos: torch.Tensor, decoded: torch.Tensor,
+                          scored: torch.Tensor | None, tubelet_size: int, patch_size: int, normalize_target: bool,
+                          style: str, mean: list[float], std: list[float]) -> torch.Tensor:
     """grad: scalar -> d pred [B, N_dec, E] in pred's dtype (targets recomputed, never stored)."""
-    tgt, w = _targets(videos, mask, decode_mask, tubelet_size, patch_size, normalize_target, style, mean, std)
-    return (2 * grad.float() * w.unsqueeze(-1) * (pred.float() - tgt)).to(pred.dtype)
+    target = pixel_targets(videos, normalize_target=normalize_target, tubelet_size=tubelet_size,
+                           patch_size=patch_size, style=style, mean=mean, std=std)
+    w = loss_weights(decoded, scored, pred.shape[-1]).unsqueeze(-1)
+    return (2 * grad.float() * w * (pred.float() - take_rows(target, decoded))).to(pred.dtype)
 
 
-define_ops("torch", {
+IMPLS = {
     "cube_embed": cube_embed,
     "cube_embed_backward": cube_embed_backward,
     "decoder_input": decoder_input,
     "decoder_input_backward": decoder_input_backward,
     "norm_pix_mse": norm_pix_mse,
     "norm_pix_mse_backward": norm_pix_mse_backward,
-})
+}
+define_ops("torch", IMPLS)

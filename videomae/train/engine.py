@@ -1,19 +1,47 @@
-"""The optimizer-step loop shared by pretraining and fine-tuning, and the mixed-precision policy.
+"""The one training step, and the loop around it, that `videomae pretrain`, `videomae finetune` and
+`bench/train_step.py` all run. (~500 lines: the step, its switches, its CUDA graph and the loop that reads
+its results are one story, kept in one file so that the hot path reads top to bottom in one place.)
 
-bf16 autocast by default on GPU, fp32 on CPU; fp16 runs with a GradScaler. A step whose loss or
-gradients are not finite is skipped (the scaler does this for fp16) and counted; `max_skipped` such
-steps in a row stop the run with `TrainingDiverged` instead of silently training on garbage.
+    model = videomae.create_model("pretrain_videomae_base_patch16_224").cuda()
+    config = StepConfig().resolve(device, pretraining=True)   # bf16, fused AdamW, auto attention, compile
+    optimizer = make_optimizer(model, lr, weight_decay=0.05, config=config)
+    objective = pretrain_objective(model, config)               # (videos, ids) -> (loss, clips), compiled
+    out = train_step(model, optimizer, [(videos, ids)], objective, Precision(config.precision, device))
+
+`train_step` is the whole step in one visible function: zero grads, micro-batches (autocast, backward),
+unscale, grad norm (+ clip), non-finite guard, optimizer. It never waits on the host: the loss, the
+grad norm and the "skipped" flag stay on the device (`StepOut`) and `Trainer` reads them together every
+`log_interval` steps (one sync; `--log_interval`). A non-finite step is skipped on the device: fused AdamW
+takes the flag as `found_inf` (the GradScaler's own mechanism) and leaves weights, moments and step counts
+untouched, so divergence is noticed at the next read, at most `log_interval` steps late. fp16 runs the
+GradScaler, which with fused AdamW also unscales, skips and rescales on the device (its scale is read with
+the rows). The one exception: a non-fused optimizer cannot skip on the device and reads the flag every step.
+
+Switches (`StepConfig`; each one lands in the run's args.json and in `videomae info` via `step_report()`):
+- `precision`: auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp16 (autocast + GradScaler), fp32.
+- `ops_backend`: the `videomae.ops` backend (auto = cuda > triton > torch); the model always calls the ops.
+- `attention`: the `videomae.attention` backend (auto picks per shape).
+- `fused_adamw`: one AdamW launch for all parameters, and the sync-free skip of non-finite steps.
+- `compile`: `torch.compile(fullgraph=True)` of forward + loss (backward follows through AOTAutograd);
+  None = on for CUDA pretraining. `compile_mode` / `compile_backend` pass through.
+- `cuda_graphs`: capture the whole step once and replay it (fixed shapes, capturable optimizer, lr as a
+  device tensor; no weight-decay schedule, no GradScaler).
+- `checkpoint`: activation checkpointing of every block. `tf32`: TF32 for the fp32 matmuls that remain.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.utils._pytree as pytree
 from torch import nn
 
 from videomae.train import distributed
@@ -50,6 +78,259 @@ class Precision:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
 
+# ---------------------------------------------------------------- switches
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    precision: str = "auto"
+    ops_backend: str = "auto"
+    attention: str = "auto"
+    fused_adamw: bool = True
+    compile: bool | None = None
+    compile_mode: str | None = None
+    compile_backend: str = "inductor"
+    cuda_graphs: bool = False
+    checkpoint: bool = False
+    tf32: bool = True
+
+    def __post_init__(self):
+        from videomae import attention
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.ops_backend not in ("auto", "cuda", "triton", "torch"):
+            raise ValueError(f"ops_backend must be auto, cuda, triton or torch, got {self.ops_backend!r}")
+        if self.attention.replace("_", "-") not in attention.ATTENTION_BACKENDS:
+            raise ValueError(f"attention must be one of {attention.ATTENTION_BACKENDS}, got {self.attention!r}")
+        if self.cuda_graphs and self.precision == "fp16":
+            raise ValueError("cuda_graphs does not capture the GradScaler (fp16) step: use bf16 or fp32")
+        if self.cuda_graphs and not self.fused_adamw:
+            raise ValueError("cuda_graphs needs fused_adamw (the skip of non-finite steps must stay on the device)")
+
+    @classmethod
+    def eager_reference(cls, precision: str = "fp32") -> StepConfig:
+        """The unfused eager code the fast step is checked and timed against: torch ops, eager attention."""
+        return cls(precision=precision, ops_backend="torch", attention="eager", compile=False, tf32=False)
+
+    @classmethod
+    def from_args(cls, args) -> StepConfig:
+        """The switches from parsed CLI flags (absent flags keep their defaults)."""
+        names = {"precision": "precision", "compile": "compile", "cuda_graphs": "cuda_graphs",
+                 "attention": "attention", "ops_backend": "ops_backend", "checkpoint": "use_checkpoint",
+                 "fused_adamw": "fused_adamw"}
+        given = {k: getattr(args, a) for k, a in names.items() if getattr(args, a, None) is not None}
+        return cls(**given)
+
+    def resolve(self, device: torch.device, pretraining: bool = True) -> StepConfig:
+        """Concrete values for `device`: precision from `auto`, compile on for CUDA pretraining."""
+        compile_ = self.compile if self.compile is not None else (device.type == "cuda" and pretraining)
+        out = replace(self, precision=resolve_precision(self.precision, device), compile=compile_)
+        if out.cuda_graphs and device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs a CUDA device, got {device}")
+        return out
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def replace(self, **changes) -> StepConfig:
+        return replace(self, **changes)
+
+
+def apply_config(model: nn.Module, config: StepConfig) -> None:
+    """Process-wide and model switches: attention backend, TF32, activation checkpointing."""
+    from videomae import attention
+
+    attention.set_attention_backend(config.attention)
+    # The legacy switches and the matmul precision together: torch refuses to read a mix of old and new settings.
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = config.tf32
+    torch.set_float32_matmul_precision("high" if config.tf32 else "highest")
+    for part in (model, getattr(model, "encoder", None), getattr(model, "decoder", None)):
+        if part is not None and hasattr(part, "grad_checkpointing"):
+            part.grad_checkpointing = config.checkpoint
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05, betas=(0.9, 0.95), eps: float = 1e-8,
+                   layer_decay: float | None = None, config: StepConfig | None = None) -> torch.optim.AdamW:
+    """AdamW with the official groups; fused by default (torch has CUDA and CPU kernels). With cuda_graphs
+    the lr of every group is a device tensor (the schedule writes it in place, the graph reads it)."""
+    from videomae.train.optim import param_groups
+
+    config = config or StepConfig()
+    groups = param_groups(model, weight_decay, layer_decay)
+    device = next(model.parameters()).device
+    for g in groups:
+        g.pop("names")  # optimizer state dicts must stay plain tensors and numbers
+        if config.cuda_graphs:
+            g["lr"] = torch.tensor(lr * g["lr_scale"], dtype=torch.float32, device=device)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=config.fused_adamw or None,
+                             capturable=config.cuda_graphs)
+
+
+def build_objective(model: nn.Module, config: StepConfig, objective: Callable) -> Callable:
+    """`objective(*inputs) -> loss`, compiled (fullgraph: forward + loss with no graph break) when asked.
+    Wrapped models (DDP) trace with graph breaks at their hooks, so fullgraph is for the bare module."""
+    if not config.compile:
+        return objective
+    fullgraph = not isinstance(model, nn.parallel.DistributedDataParallel)
+    return torch.compile(objective, fullgraph=fullgraph, mode=config.compile_mode, backend=config.compile_backend)
+
+
+def pretrain_objective(model: nn.Module, config: StepConfig, core: nn.Module | None = None) -> Callable:
+    """`objective((videos, ids)) -> (loss, num_clips)` of a `PretrainVisionTransformer`: forward and loss,
+    compiled together when `config.compile`. `core` is the bare module when `model` is a DDP wrapper."""
+    core = core if core is not None else model
+
+    def forward_loss(videos: torch.Tensor, ids) -> torch.Tensor:
+        return core.forward_loss(videos, model(videos, ids), ids)
+
+    loss_of = build_objective(model, config, forward_loss)
+
+    def objective(batch) -> tuple[torch.Tensor, int]:
+        videos, ids = batch
+        return loss_of(videos, ids), videos.shape[0]
+
+    return objective
+
+
+def ops_context(config: StepConfig):
+    """The forced `videomae.ops` backend for the step (auto: per-call dispatch)."""
+    if config.ops_backend == "auto":
+        return contextlib.nullcontext()
+    from videomae import ops
+
+    return ops.use_backend(config.ops_backend)
+
+
+# ---------------------------------------------------------------- the step
+
+
+class StepOut(NamedTuple):
+    """What one step leaves on the device; `Trainer.flush` reads them, batched, every log_interval steps."""
+
+    loss: torch.Tensor  # fp32 scalar, mean over micro-batches
+    grad_norm: torch.Tensor  # fp32 scalar, before clipping
+    skipped: torch.Tensor  # Bool scalar: loss or gradients were not finite, the update did not happen
+    clips: int
+
+
+def grad_norm(params: list[torch.Tensor], clip: float | None = None) -> torch.Tensor:
+    """Total L2 norm of the gradients (a device tensor, no sync), clipped to `clip` when given (FSDP2's
+    DTensor norms gathered)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=params[0].device if params else None)
+    norm = nn.utils.get_total_norm(grads)
+    if clip:  # what clip_grad_norm_ does, with the norm kept: a device-side scale, no check on the host
+        nn.utils.clip_grads_with_norm_(grads, clip, norm)
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return norm.float()
+
+
+def _no_sync(model: nn.Module, last: bool):
+    if not last and isinstance(model, nn.parallel.DistributedDataParallel):
+        return model.no_sync()  # gradients are all-reduced once, on the last micro-batch
+    return contextlib.nullcontext()
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches: list, objective: Callable,
+               precision: Precision, *, clip_grad: float | None = None, params: list | None = None) -> StepOut:
+    """One optimizer step over `micro_batches` (each already on the device) -> StepOut, with no host sync
+    (bf16/fp32 with fused AdamW; see the module docstring for the exceptions).
+
+    `objective(batch) -> (loss, num_clips)` does the model part; the gradients stay in `.grad` until the
+    next step starts (the official engine's order: zero, forward, backward, step)."""
+    params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+    scaler = precision.scaler
+    optimizer.zero_grad(set_to_none=True)
+    losses, clips = [], 0
+    for i, batch in enumerate(micro_batches):
+        with _no_sync(model, i == len(micro_batches) - 1):
+            with precision.autocast():
+                loss, n = objective(batch)
+            loss = loss.float()
+            losses.append(loss.detach())
+            clips += n
+            scaled = loss / len(micro_batches)
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+    loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+    if dist.is_initialized():  # the logged loss: the mean over ranks (a device collective, no host wait)
+        loss = loss.clone()
+        dist.all_reduce(loss, op=dist.ReduceOp.SUM)
+        loss /= dist.get_world_size()
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    norm = grad_norm(params, clip_grad)
+    # Every rank agrees: the loss is the ranks' mean and the norm is of the all-reduced (or gathered) gradients.
+    bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
+    if scaler is not None:
+        # The scaler skips inf/NaN steps itself; with fused AdamW it passes its flag on the device too.
+        scaler.step(optimizer)
+        scaler.update()
+    elif getattr(optimizer, "_step_supports_amp_scaling", False):
+        optimizer.found_inf = bad.float()  # fused AdamW skips the whole update when this is 1
+        optimizer.step()
+        del optimizer.found_inf
+    elif not bool(bad):  # a non-fused optimizer cannot skip on the device: this reads the flag (one sync)
+        optimizer.step()
+    return StepOut(loss, norm, bad, clips)
+
+
+class GraphedStep:
+    """Whole-step CUDA graph (PyTorch's "whole network capture" recipe): the step's tensors are copied
+    into static buffers, three warm-up steps run on a side stream, then one capture; each call copies its
+    batch in and replays. The warm-up steps are undone (weights and optimizer state put back in place), so
+    the first call is one optimizer step like every other."""
+
+    def __init__(self, step: Callable[[list], StepOut], example: list, params: list[torch.Tensor],
+                 optimizer: torch.optim.Optimizer):
+        leaves, self.spec = pytree.tree_flatten(example)
+        if not all(isinstance(x, torch.Tensor) and x.is_cuda for x in leaves if x is not None):
+            raise ValueError("cuda_graphs needs every tensor of the batch on a CUDA device")
+        self.static = [x.clone() if isinstance(x, torch.Tensor) else x for x in leaves]
+        batch = pytree.tree_unflatten(self.static, self.spec)
+        weights = [p.detach().clone() for p in params]
+        state = {id(p): {k: v.clone() for k, v in st.items() if isinstance(v, torch.Tensor)}
+                 for p, st in optimizer.state.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step(batch)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():  # in place: the graph captures these very tensors
+            for p, w in zip(params, weights):
+                p.copy_(w)
+            for p, st in optimizer.state.items():
+                saved = state.get(id(p), {})  # lazily created by the warm-up: a fresh state is all zeros
+                for k, v in st.items():
+                    if isinstance(v, torch.Tensor) and k in saved:
+                        v.copy_(saved[k])
+                    elif isinstance(v, torch.Tensor):
+                        v.zero_()
+        del weights, state
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = step(batch)
+
+    def __call__(self, micro_batches: list) -> StepOut:
+        leaves, spec = pytree.tree_flatten(micro_batches)
+        if spec != self.spec:
+            raise ValueError("cuda_graphs replays fixed shapes: this batch is structured differently from the first")
+        for buf, x in zip(self.static, leaves):
+            if isinstance(x, torch.Tensor):
+                if x.shape != buf.shape:
+                    raise ValueError(f"cuda_graphs replays fixed shapes: got {list(x.shape)}, captured "
+                                     f"{list(buf.shape)}")
+                buf.copy_(x, non_blocking=True)
+        self.graph.replay()
+        return self.out
+
+
+# ---------------------------------------------------------------- the loop
+
+
 @dataclass
 class Position:
     """Where a run is: `step` optimizer steps done inside `epoch`, `global_step` in total."""
@@ -60,50 +341,61 @@ class Position:
 
 
 class StepGuard:
-    """Counts skipped (non-finite) optimizer steps; raises after `max_in_a_row` consecutive ones."""
+    """Counts skipped (non-finite) optimizer steps; raises after `max_in_a_row` consecutive ones (at once, or
+    at the next `check()` when told to wait: every rank must stop at the same point)."""
 
     def __init__(self, max_in_a_row: int = 20):
         self.max_in_a_row, self.in_a_row, self.total = max_in_a_row, 0, 0
+        self.diverged: TrainingDiverged | None = None
 
-    def update(self, skipped: bool, position: Position, precision: str) -> None:
+    def update(self, skipped: bool, position: Position, precision: str, raise_now: bool = True) -> None:
         if not skipped:
             self.in_a_row = 0
             return
         self.in_a_row += 1
         self.total += 1
-        if self.max_in_a_row and self.in_a_row >= self.max_in_a_row:
+        if self.max_in_a_row and self.in_a_row >= self.max_in_a_row and self.diverged is None:
             hint = " (fp16 overflows: try --precision bf16)" if precision == "fp16" else ""
-            raise TrainingDiverged(
+            self.diverged = TrainingDiverged(
                 f"{self.in_a_row} optimizer steps in a row had inf/NaN loss or gradients (last at epoch "
                 f"{position.epoch}, step {position.global_step}); stopping. Lower --lr, set --clip_grad{hint}")
+        if raise_now:
+            self.check()
 
-
-def grad_norm(params: list[torch.Tensor], clip: float | None = None) -> float:
-    """Total L2 norm of the gradients, clipped to `clip` when given (FSDP2's DTensor norms gathered)."""
-    if clip:
-        norm = nn.utils.clip_grad_norm_(params, clip)
-    else:
-        grads = [p.grad for p in params if p.grad is not None]
-        norm = nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-    if hasattr(norm, "full_tensor"):
-        norm = norm.full_tensor()
-    return float(norm)
+    def check(self) -> None:
+        if self.diverged is not None:
+            raise self.diverged
 
 
 class Trainer:
-    """Runs optimizer steps: schedule -> `accum_iter` micro-batches (autocast, scaled backward) ->
-    unscale, clip, non-finite check, step. `loss_fn(batch) -> (loss, num_clips)` does the model part."""
+    """Runs `train_step` with the schedule; logs rows lazily. `objective(batch) -> (loss, num_clips)` does the
+    model part on a batch that `prepare(batch)` (default: as is) moved to the device outside the step."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, lr_schedule: np.ndarray,
                  wd_schedule: np.ndarray | None, precision: Precision, *, accum_iter: int = 1,
                  clip_grad: float | None = None, max_skipped: int = 20, max_steps: int | None = None,
-                 log=None):
+                 log=None, log_interval: int = 1, config: StepConfig | None = None, prepare: Callable | None = None):
+        self.config = config or StepConfig(precision=precision.name, compile=False)
+        if self.config.cuda_graphs and wd_schedule is not None:
+            raise ValueError("cuda_graphs bakes the weight decay into the graph: drop --weight_decay_end")
         self.model, self.optimizer, self.precision = model, optimizer, precision
         self.lr_schedule, self.wd_schedule = lr_schedule, wd_schedule
         self.accum_iter, self.clip_grad, self.max_steps = accum_iter, clip_grad, max_steps
-        self.guard = StepGuard(max_skipped)
+        self.log_interval, self.cuda_graphs = max(1, log_interval), self.config.cuda_graphs
+        self.prepare = prepare or (lambda batch: batch)
+        self._guard = StepGuard(max_skipped)
         self.log = log or NullLog()
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.pending: list[tuple[StepOut, Position, float]] = []
+        self.speed = Throughput()
+        self._graphs: dict[int, GraphedStep] = {}
+
+    @property
+    def guard(self) -> StepGuard:
+        """The skip counter, with every pending step's flag read first (checkpoints store `guard.total`). Rank 0
+        alone may ask (while saving): that read has no collective and raises nothing; the loop's next read does."""
+        self.flush(raise_now=False)
+        return self._guard
 
     def done(self, position: Position) -> bool:
         return bool(self.max_steps) and position.global_step >= self.max_steps
@@ -112,80 +404,121 @@ class Trainer:
         it = min(global_step, len(self.lr_schedule) - 1)
         lr = float(self.lr_schedule[it])
         for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            value = lr * group.get("lr_scale", 1.0)
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(value)  # in place: a captured graph reads this tensor
+            else:
+                group["lr"] = value
             if self.wd_schedule is not None and group["weight_decay"] > 0:
                 group["weight_decay"] = float(self.wd_schedule[it])
         return lr
 
-    def _no_sync(self, last: bool):
-        if not last and isinstance(self.model, nn.parallel.DistributedDataParallel):
-            return self.model.no_sync()  # gradients are all-reduced once, on the last micro-batch
-        return contextlib.nullcontext()
+    def _run(self, micro_batches: list, objective: Callable) -> StepOut:
+        def step(batches):
+            return train_step(self.model, self.optimizer, batches, objective, self.precision,
+                              clip_grad=self.clip_grad, params=self.params)
 
-    def step(self, micro_batches: list, loss_fn: Callable, position: Position) -> dict:
-        """One optimizer step over `micro_batches` -> its log row (loss averaged over micro-batches)."""
+        if not self.cuda_graphs:
+            return step(micro_batches)
+        graphed = self._graphs.get(id(objective))
+        if graphed is None:
+            graphed = self._graphs[id(objective)] = GraphedStep(step, micro_batches, self.params, self.optimizer)
+        return graphed(micro_batches)
+
+    def step(self, micro_batches: list, objective: Callable, position: Position, flush: bool = True) -> dict | None:
+        """One optimizer step; with `flush` its log row (loss averaged over micro-batches), read now."""
         lr = self._set_schedule(position.global_step)
-        scaler = self.precision.scaler
-        losses, clips = [], 0
-        for i, batch in enumerate(micro_batches):
-            with self._no_sync(i == len(micro_batches) - 1):
-                with self.precision.autocast():
-                    loss, n = loss_fn(batch)
-                loss = loss.float()
-                losses.append(loss.detach())
-                clips += n
-                scaled = loss / len(micro_batches)
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        loss_value = float(torch.stack(losses).mean())
-        loss_value = distributed.mean_across_ranks(loss_value, losses[0].device)
-        if scaler is not None:
-            scaler.unscale_(self.optimizer)
-        norm = grad_norm(self.params, self.clip_grad)
-        if scaler is not None:
-            # The scaler skips the step itself when it found inf/NaN gradients; a lowered scale tells us.
-            before = scaler.get_scale()
-            scaler.step(self.optimizer)
-            scaler.update()
-            skipped = scaler.get_scale() < before
-        else:
-            skipped = not (math.isfinite(loss_value) and math.isfinite(norm))
-            skipped = distributed.mean_across_ranks(float(skipped), losses[0].device) > 0  # every rank agrees
-            if not skipped:
-                self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.guard.update(skipped, position, self.precision.name)
+        with ops_context(self.config):
+            out = self._run([self.prepare(b) for b in micro_batches], objective)
+        if self.cuda_graphs:  # replays overwrite the static outputs: keep this step's values
+            out = StepOut(out.loss.clone(), out.grad_norm.clone(), out.skipped.clone(), out.clips)
         position.step += 1
         position.global_step += 1
-        row = {"step": position.global_step, "epoch": position.epoch, "loss": loss_value if not skipped else None,
-               "lr": lr, "grad_norm": norm if math.isfinite(norm) else None, "clips": clips, "skipped": skipped}
-        if scaler is not None:
-            row["loss_scale"] = scaler.get_scale()
-        return row
+        self.pending.append((out, Position(position.epoch, position.step, position.global_step), lr))
+        if flush:
+            return self.flush()[-1]
+        return None
 
-    def run_epoch(self, batches: Iterator, steps_per_epoch: int, loss_fn: Callable, position: Position,
+    def flush(self, raise_now: bool = True) -> list[dict]:
+        """Read every pending step's loss, grad norm and flag in one transfer (the only sync of the loop),
+        update the guard (may raise TrainingDiverged), and write the rows to the log. No collective: the
+        values already agree across ranks (see `train_step`)."""
+        if not self.pending:
+            if raise_now:
+                self._guard.check()
+            return []
+        pending, self.pending = self.pending, []
+        values = torch.stack([torch.stack([o.loss.float(), o.grad_norm.float(), o.skipped.float()])
+                              for o, _, _ in pending]).cpu().tolist()
+        scale = self.precision.scaler.get_scale() if self.precision.scaler is not None else None
+        clips = sum(o.clips for o, _, _ in pending) * distributed.world_size()
+        speed = self.speed.add(clips)
+        rows = []
+        for (out, pos, lr), (loss, norm, skipped) in zip(pending, values):
+            skipped = skipped > 0
+            row = {"step": pos.global_step, "epoch": pos.epoch, "loss": None if skipped else loss, "lr": lr,
+                   "grad_norm": norm if math.isfinite(norm) else None, "clips": out.clips, "skipped": skipped,
+                   "clips_per_s": speed}
+            if scale is not None:
+                row["loss_scale"] = scale
+            self.log.step(row)
+            rows.append(row)
+            self._guard.update(skipped, pos, self.precision.name, raise_now=False)
+        if raise_now:
+            self._guard.check()
+        return rows
+
+    def run_epoch(self, batches: Iterator, steps_per_epoch: int, objective: Callable, position: Position,
                   after_step: Callable[[Position], None] | None = None, desc: str = "") -> dict:
         """Optimizer steps from `position.step` to the end of the epoch (or `max_steps`) -> epoch means."""
         bar = self.log.bar(steps_per_epoch, position.step, desc)
-        speed = Throughput()
+        self.speed = Throughput()
         losses, lr = [], 0.0
+
+        def read() -> None:
+            for row in self.flush():
+                if row["loss"] is not None:
+                    losses.append(row["loss"])
+                bar.set_postfix_str(f"loss {_fmt(row['loss'])}  lr {row['lr']:.2e}  {row['clips_per_s']:.1f} clips/s")
+
         try:
             while position.step < steps_per_epoch and not self.done(position):
                 micro = [next(batches) for _ in range(self.accum_iter)]
-                row = self.step(micro, loss_fn, position)
-                row["clips_per_s"] = speed.add(row["clips"] * distributed.world_size())
-                self.log.step(row)
-                if row["loss"] is not None:
-                    losses.append(row["loss"])
-                lr = row["lr"]
-                bar.set_postfix_str(f"loss {_fmt(row['loss'])}  lr {lr:.2e}  {row['clips_per_s']:.1f} clips/s")
+                self.step(micro, objective, position, flush=False)
+                lr = self.pending[-1][2]
+                if position.global_step % self.log_interval == 0:
+                    read()
                 bar.update(1)
                 if after_step is not None:
                     after_step(position)
+            read()
         finally:
             bar.close()
         return {"loss": float(np.mean(losses)) if losses else float("nan"), "lr": lr,
-                "skipped_steps": self.guard.total}
+                "skipped_steps": self._guard.total}
 
 
 def _fmt(v: float | None) -> str:
     return "skipped" if v is None else f"{v:.4f}"
+
+
+# ---------------------------------------------------------------- videomae info
+
+
+def step_report(config: StepConfig | None = None) -> dict:
+    """For `videomae info`: the step's switches (resolved for this machine) and whether each can run here."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    config = (config or StepConfig()).resolve(device, pretraining=True)
+    from videomae import attention
+
+    return {
+        "config": config.as_dict(),
+        "device": str(device),
+        "bf16_supported": bool(cuda and torch.cuda.is_bf16_supported()) or not cuda,
+        "fused_adamw": "available (torch has CUDA and CPU kernels)",
+        "compile": "available" if importlib.util.find_spec("triton") is not None or not cuda
+        else "no triton: torch.compile falls back to eager",
+        "cuda_graphs": "available" if cuda else "needs CUDA",
+        "attention": attention.backend_report(),
+    }

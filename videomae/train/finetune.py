@@ -15,8 +15,16 @@ from torch.utils.data import DataLoader, Sampler
 from videomae.registry import create_model
 from videomae.train import distributed
 from videomae.train.data import EpochSampler, make_loader
-from videomae.train.engine import Position, Precision, Trainer, resolve_precision
-from videomae.train.optim import build_optimizer
+from videomae.train.engine import (
+    Position,
+    Precision,
+    StepConfig,
+    Trainer,
+    apply_config,
+    build_objective,
+    make_optimizer,
+    resolve_precision,
+)
 from videomae.train.plots import confusion_matrix, training_curves
 from videomae.train.run import (
     CheckpointWriter,
@@ -28,8 +36,8 @@ from videomae.train.run import (
     resume_path,
     save_args,
     seed_everything,
-    set_aside_old_checkpoints,
     setup,
+    start_fresh,
 )
 from videomae.train.schedule import cosine_schedule, scaled_lr
 
@@ -182,6 +190,7 @@ def build_classifier(args, num_classes: int):
         args.model, num_classes=num_classes, num_frames=args.num_frames, img_size=args.input_size,
         tubelet_size=args.tubelet_size, drop_path_rate=args.drop_path, fc_drop_rate=args.fc_drop_rate,
         init_scale=args.init_scale, use_checkpoint=args.use_checkpoint,
+        drop_rate=getattr(args, "drop_rate", 0.0), attn_drop_rate=getattr(args, "attn_drop_rate", 0.0),
     )
 
 
@@ -202,7 +211,9 @@ def run(args) -> Path:
         s.say(f"initialized from {report}")
     model = model.to(s.device)
     seed_everything(args.seed + s.info.rank)
-    precision = Precision(resolve_precision(args.precision, s.device), s.device)
+    config = StepConfig.from_args(args).resolve(s.device, pretraining=False)
+    args.step = config.as_dict()  # the switches in force, resolved for this device: into args.json
+    precision = Precision(config.precision, s.device)
 
     world = s.info.world_size
     sampler = EpochSampler(len(train_set), s.info, seed=args.seed, shuffle=True)
@@ -218,13 +229,39 @@ def run(args) -> Path:
         if args.weight_decay_end is not None else None
 
     core = model
+    apply_config(core, config)
     model = distributed.wrap(model, s.info, s.device, fsdp=args.fsdp)
-    if args.compile:
-        model = torch.compile(model)
-    optimizer = build_optimizer(core, lr, args.weight_decay, betas=args.opt_betas or (0.9, 0.999),
-                                eps=args.opt_eps, layer_decay=args.layer_decay, device=str(s.device))
+    optimizer = make_optimizer(core, lr, args.weight_decay, betas=args.opt_betas or (0.9, 0.999), eps=args.opt_eps,
+                               layer_decay=args.layer_decay, config=config)
+    mixing = args.mixup > 0 or args.cutmix > 0
+
+    def prepare(batch):
+        """A loader batch -> (clips, target) on the device, mixed, outside the step; target is soft when mixing."""
+        from videomae.data.transforms import mixup_cutmix
+
+        clips, target, video = batch
+        clips, target = clips.to(s.device, non_blocking=True), target.to(s.device, non_blocking=True)
+        if not mixing:
+            return clips, target
+        # A pure function of (seed, epoch, the batch's videos): resumed runs mix the same way.
+        rng = np.random.default_rng([args.seed, train_set.epoch, *video.tolist()])
+        return mixup_cutmix(clips, target, num_classes, rng, args.mixup, args.cutmix, args.mixup_switch_prob,
+                            args.mixup_prob, args.smoothing)
+
+    forward = build_objective(model, config, model)  # compiled forward with --compile
+
+    def objective(batch):
+        clips, target = batch
+        logits = forward(clips).float()
+        if mixing:
+            loss = torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        else:
+            loss = F.cross_entropy(logits, target, label_smoothing=args.smoothing)
+        return loss, clips.shape[0]
+
     trainer = Trainer(model, optimizer, lr_schedule, wd_schedule, precision, accum_iter=args.accum_iter,
-                      clip_grad=args.clip_grad, max_skipped=args.max_skipped_steps, max_steps=args.max_steps)
+                      clip_grad=args.clip_grad, max_skipped=args.max_skipped_steps, max_steps=args.max_steps,
+                      log_interval=getattr(args, "log_interval", 10), config=config, prepare=prepare)
     writer = CheckpointWriter(s, core, optimizer, trainer, args, args.fsdp)
     position = Position()
     start_from = resume_path(args, s.output_dir)
@@ -232,7 +269,7 @@ def run(args) -> Path:
         position = restore(start_from, s, core, optimizer, trainer, args.fsdp)
         s.say(f"resumed from {start_from} at epoch {position.epoch + 1}, step {position.step}")
     else:
-        set_aside_old_checkpoints(s)
+        start_fresh(s, args)
     open_log(s, args, trainer, position.global_step if start_from is not None else None)
     save_args(s, args)
     s.say(f"fine-tuning {args.model} ({sum(p.numel() for p in core.parameters()) / 1e6:.2f}M params, "
@@ -240,30 +277,13 @@ def run(args) -> Path:
           f"{steps_per_epoch} steps, global batch {total_batch}, lr {lr:.3g}, {precision.name} on {s.device}"
           + (f" x {world} processes" if world > 1 else ""))
 
-    mixing = args.mixup > 0 or args.cutmix > 0
-
-    def loss_fn(batch):
-        from videomae.data.transforms import mixup_cutmix
-
-        clips, target, video = batch
-        clips, target = clips.to(s.device, non_blocking=True), target.to(s.device, non_blocking=True)
-        if mixing:
-            # A pure function of (seed, epoch, the batch's videos): resumed runs mix the same way.
-            rng = np.random.default_rng([args.seed, train_set.epoch, *video.tolist()])
-            clips, soft = mixup_cutmix(clips, target, num_classes, rng, args.mixup, args.cutmix,
-                                       args.mixup_switch_prob, args.mixup_prob, args.smoothing)
-            loss = torch.sum(-soft * F.log_softmax(model(clips).float(), dim=-1), dim=-1).mean()
-        else:
-            loss = F.cross_entropy(model(clips).float(), target, label_smoothing=args.smoothing)
-        return loss, clips.shape[0]
-
     def batches_for(pos: Position):
         train_set.set_epoch(pos.epoch)
         sampler.set_position(pos.epoch, skip=pos.step * args.accum_iter * args.batch_size)
         return make_loader(train_set, sampler, args.batch_size, args.num_workers, _collate, args.seed,
                            drop_last=True, pin_memory=s.device.type == "cuda")
 
-    val_list = _optional_list(args.data_path, "val")
+    val_list = _optional_list(args, "val")
     val_set = make_dataset(args, val_list, "val") if val_list is not None else None
 
     def end_of_epoch(epoch: int, stats: dict) -> dict:
@@ -272,10 +292,10 @@ def run(args) -> Path:
         result = evaluate(core, val_set, args, s.device, precision, s.info)
         return {"val_acc1": round(result["top1"], 2), "val_acc5": round(result["top5"], 2)}
 
-    loop(s, args, trainer, writer, position, args.epochs, steps_per_epoch, batches_for, loss_fn, end_of_epoch)
-    exported = export_weights(s, core, args.fsdp)
+    loop(s, args, trainer, writer, position, args.epochs, steps_per_epoch, batches_for, objective, end_of_epoch)
+    exported = export_weights(s, core, args.fsdp, args)
 
-    test_list = _optional_list(args.data_path, "test")
+    test_list = _optional_list(args, "test")
     outputs = []
     if test_list is not None:
         test_set = make_dataset(args, test_list, "test")
@@ -293,7 +313,14 @@ def run(args) -> Path:
     return s.output_dir
 
 
-def _optional_list(data_path: str, split: str) -> Path | None:
+def _optional_list(args, split: str) -> Path | None:
+    """The val/test list: official --eval_data_path when given; none for val under
+    --disable_eval_during_finetuning; else DATA_PATH's own list, if it is a folder holding one."""
+    if split == "val" and getattr(args, "disable_eval_during_finetuning", False):
+        return None
+    if getattr(args, "eval_data_path", None):
+        return split_list(args.eval_data_path, split)
+    data_path = args.data_path
     if Path(data_path).is_file():
         return None  # a single list file is the training set; evaluate separately
     try:
@@ -309,7 +336,7 @@ def run_evaluation(args) -> Path:
     from videomae.checkpoint import load_checkpoint, read_checkpoint, unwrap
 
     s = setup(args)
-    test_list = split_list(args.data_path, "test")
+    test_list = split_list(args.data_path, getattr(args, "eval_split", "test"))
     dataset = make_dataset(args, test_list, "test")
     labels = [r.label for r in dataset.records]
     num_classes = args.nb_classes

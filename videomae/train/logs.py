@@ -1,6 +1,8 @@
-"""What a person sees during a run: a tqdm bar per epoch, one summary line per epoch, a JSONL step
-log (`steps.jsonl`), the official per-epoch `log.txt` (JSON lines), and TensorBoard when installed.
-Only rank 0 creates a `RunLog`; other ranks get `NullLog`."""
+"""What a person sees during a run: a tqdm bar per epoch on a terminal (plain lines at intervals when
+stderr is a file or a pipe: no `\r` spam in logs), one summary line per epoch, a JSONL step log
+(`steps.jsonl`), the official per-epoch `log.txt` (JSON lines), and TensorBoard when installed
+(loss, lr, grad norm, throughput, data wait; reconstructions per epoch). Only rank 0 creates a `RunLog`;
+other ranks get `NullLog`."""
 
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ class NullLog:
         pass
 
     def note(self, text: str) -> None:
+        pass
+
+    def image(self, tag: str, path: str | Path, step: int) -> None:
         pass
 
     def close(self) -> None:
@@ -64,15 +69,26 @@ class RunLog(NullLog):
                 self.note("TensorBoard is not installed (pip install tensorboard): logging to steps.jsonl only")
 
     def bar(self, total: int, initial: int, desc: str):
+        if not sys.stderr.isatty():
+            return LineBar(total, initial, desc)
         return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=False,
                     file=sys.stderr, mininterval=1.0)
 
     def step(self, row: dict) -> None:
         _append(self.steps_path, row)
         if self.tb is not None:
-            for key in ("loss", "lr", "grad_norm", "loss_scale"):
+            for key in ("loss", "lr", "grad_norm", "loss_scale", "clips_per_s", "data_wait_s"):
                 if row.get(key) is not None:
                     self.tb.add_scalar(f"train/{key}", row[key], row["step"])
+
+    def image(self, tag: str, path: str | Path, step: int) -> None:
+        """A picture written during the run (the epoch's reconstruction) into TensorBoard."""
+        if self.tb is not None:
+            import numpy as np
+            from PIL import Image
+
+            with Image.open(path) as img:
+                self.tb.add_image(tag, np.asarray(img.convert("RGB")), step, dataformats="HWC")
 
     def epoch(self, row: dict) -> None:
         _append(self.epochs_path, row)
@@ -88,6 +104,29 @@ class RunLog(NullLog):
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+class LineBar:
+    """The progress bar for logs that are files or pipes: one plain line every `every` steps (about ten
+    per epoch) and at the epoch's end, instead of tqdm's carriage-return redraws."""
+
+    def __init__(self, total: int, initial: int, desc: str, lines: int = 10):
+        self.total, self.n, self.desc = total, initial, desc
+        self.every = max(1, total // lines)
+        self.postfix, self.start, self.done = "", time.perf_counter(), initial
+
+    def set_postfix_str(self, s: str) -> None:
+        self.postfix = s
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.n % self.every == 0 or self.n == self.total:
+            rate = (self.n - self.done) / max(time.perf_counter() - self.start, 1e-9)
+            print(f"{self.desc}  step {self.n}/{self.total}  {self.postfix}  ({rate:.2f} steps/s)",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
 
 
 def _append(path: Path, row: dict) -> None:

@@ -16,11 +16,15 @@ def _pyplot():
     return plt
 
 
-def curve(steps: list[int], values: list[float], ylabel: str, path: str | Path, log_y: bool = False) -> Path:
+def curve(steps: list[int], values: list[float], ylabel: str, path: str | Path, log_y: bool = False,
+          smooth: bool = True) -> Path:
+    """`values` per step; with `smooth` (noisy series such as the loss) a moving average is drawn over them.
+    A schedule (the lr) is drawn raw: smoothing would move its warmup peak."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    ax.plot(steps, values, lw=1.0, alpha=0.5 if len(values) > 50 else 1.0)
-    if len(values) > 50:  # a moving average makes the trend readable through per-step noise
+    noisy = smooth and len(values) > 50
+    ax.plot(steps, values, lw=1.0, alpha=0.5 if noisy else 1.0)
+    if noisy:  # a moving average makes the trend readable through per-step noise
         k = max(len(values) // 25, 2)
         smooth = np.convolve(values, np.ones(k) / k, mode="valid")
         ax.plot(steps[k - 1:], smooth, lw=2.0)
@@ -43,7 +47,7 @@ def training_curves(rows: list[dict], output_dir: str | Path) -> list[Path]:
     steps = [r["step"] for r in rows]
     out = Path(output_dir)
     return [curve(steps, [r["loss"] for r in rows], "loss", out / "loss.png"),
-            curve(steps, [r["lr"] for r in rows], "learning rate", out / "lr.png")]
+            curve(steps, [r["lr"] for r in rows], "learning rate", out / "lr.png", smooth=False)]
 
 
 def confusion_matrix(matrix: np.ndarray, class_names: list[str], path: str | Path) -> Path:
@@ -53,7 +57,8 @@ def confusion_matrix(matrix: np.ndarray, class_names: list[str], path: str | Pat
     size = min(max(4.0, 0.45 * k + 2), 30)
     fig, ax = plt.subplots(figsize=(size, size), dpi=110)
     rows = matrix.sum(axis=1, keepdims=True)
-    ax.imshow(matrix / np.maximum(rows, 1), cmap="Blues", vmin=0, vmax=1)
+    share = matrix / np.maximum(rows, 1)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(k), class_names, rotation=90 if k > 8 else 45, ha="right" if k <= 8 else "center")
     ax.set_yticks(range(k), class_names)
     ax.set_xlabel("predicted")
@@ -62,8 +67,14 @@ def confusion_matrix(matrix: np.ndarray, class_names: list[str], path: str | Pat
         for i in range(k):
             for j in range(k):
                 if matrix[i, j]:
-                    ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7)
+                    ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
+                            color=text_color(share[i, j]))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def text_color(share: float) -> str:
+    """White on the dark half of the Blues map, black on the light half: counts stay readable."""
+    return "white" if share > 0.5 else "black"

@@ -9,8 +9,15 @@ import torch
 from videomae.registry import create_model
 from videomae.train import distributed
 from videomae.train.data import EpochSampler, make_loader
-from videomae.train.engine import Position, Precision, Trainer, resolve_precision
-from videomae.train.optim import build_optimizer
+from videomae.train.engine import (
+    Position,
+    Precision,
+    StepConfig,
+    Trainer,
+    apply_config,
+    make_optimizer,
+    pretrain_objective,
+)
 from videomae.train.plots import training_curves
 from videomae.train.run import (
     CheckpointWriter,
@@ -21,8 +28,8 @@ from videomae.train.run import (
     resume_path,
     save_args,
     seed_everything,
-    set_aside_old_checkpoints,
     setup,
+    start_fresh,
 )
 from videomae.train.schedule import cosine_schedule, scaled_lr
 
@@ -71,9 +78,16 @@ def preview_clip(dataset, args) -> torch.Tensor | None:
 def run(args) -> Path:
     s = setup(args)
     seed_everything(args.seed)  # same initial weights on every rank (FSDP2 does not broadcast them)
-    model = build_model(args).to(s.device)
+    model = build_model(args)
+    if args.init:  # continue from existing weights (official, MAE-ST, Hugging Face or ours): domain adaptation
+        from videomae.checkpoint import load_checkpoint
+
+        s.say(f"initialized from {load_checkpoint(model, args.init)}")
+    model = model.to(s.device)
     seed_everything(args.seed + s.info.rank)
-    precision = Precision(resolve_precision(args.precision, s.device), s.device)
+    config = StepConfig.from_args(args).resolve(s.device, pretraining=True)
+    args.step = config.as_dict()  # the switches in force, resolved for this device: into args.json
+    precision = Precision(config.precision, s.device)
     gpu_aug = s.device.type == "cuda" if args.gpu_aug is None else args.gpu_aug
     dataset = build_dataset(args, model, gpu_aug)
 
@@ -91,13 +105,30 @@ def run(args) -> Path:
         if args.weight_decay_end is not None else None
 
     core = model  # checkpoints, exports and previews use the bare module
+    apply_config(core, config)
     model = distributed.wrap(model, s.info, s.device, fsdp=args.fsdp)
-    if args.compile:
-        model = torch.compile(model)
-    optimizer = build_optimizer(core, lr, args.weight_decay, betas=args.opt_betas or (0.9, 0.95), eps=args.opt_eps,
-                                device=str(s.device))
+    optimizer = make_optimizer(core, lr, args.weight_decay, betas=args.opt_betas or (0.9, 0.95), eps=args.opt_eps,
+                               config=config)
+    gpu_augment = None
+    if gpu_aug:
+        from videomae.data.gpu_aug import GpuAugment
+
+        gpu_augment = GpuAugment(args.input_size)
+
+    def prepare(batch):
+        """A loader batch -> (videos, TokenIds) on the device, outside the step (augmentation included)."""
+        if gpu_aug:
+            frames, boxes, ids = batch
+            videos = gpu_augment(frames, boxes, s.device)
+        else:
+            videos, ids = batch
+            videos = videos.to(s.device, non_blocking=True)
+        return videos, ids.to(s.device, non_blocking=True)
+
+    objective = pretrain_objective(model, config, core)
     trainer = Trainer(model, optimizer, lr_schedule, wd_schedule, precision, accum_iter=args.accum_iter,
-                      clip_grad=args.clip_grad, max_skipped=args.max_skipped_steps, max_steps=args.max_steps)
+                      clip_grad=args.clip_grad, max_skipped=args.max_skipped_steps, max_steps=args.max_steps,
+                      log_interval=getattr(args, "log_interval", 10), config=config, prepare=prepare)
     writer = CheckpointWriter(s, core, optimizer, trainer, args, args.fsdp)
 
     position = Position()
@@ -107,7 +138,7 @@ def run(args) -> Path:
         s.say(f"resumed from {start_from} at epoch {position.epoch + 1}, step {position.step} "
               f"(global step {position.global_step})")
     else:
-        set_aside_old_checkpoints(s)
+        start_fresh(s, args)
     open_log(s, args, trainer, position.global_step if start_from is not None else None)
     save_args(s, args)
     s.say(f"pretraining {args.model} ({sum(p.numel() for p in core.parameters()) / 1e6:.2f}M params) on "
@@ -115,28 +146,9 @@ def run(args) -> Path:
           f"global batch {total_batch} clips, lr {lr:.3g}, {precision.name} on {s.device}"
           + (f" x {world} processes" if world > 1 else ""))
 
-    gpu_augment = None
-    if gpu_aug:
-        from videomae.data.gpu_aug import GpuAugment
-
-        gpu_augment = GpuAugment(args.input_size)
-
-    def loss_fn(batch):
-        if gpu_aug:
-            frames, boxes, masks = batch
-            videos = gpu_augment(frames, boxes, s.device)
-        else:
-            videos, masks = batch
-            videos = videos.to(s.device, non_blocking=True)
-        mask, decode_mask = masks if isinstance(masks, tuple | list) else (masks, None)
-        mask = mask.to(s.device, non_blocking=True)
-        decode_mask = decode_mask.to(s.device, non_blocking=True) if decode_mask is not None else None
-        pred = model(videos, mask, decode_mask)
-        return core.forward_loss(videos, pred, mask, decode_mask), videos.shape[0]
-
     from videomae.data.datasets import ClipCollate
 
-    collate = ClipCollate(repeated=args.num_sample > 1)
+    collate = ClipCollate(repeated=args.num_sample > 1, token_ids=True)  # masks -> TokenIds, checked once
 
     def batches_for(pos: Position):
         dataset.set_epoch(pos.epoch)
@@ -155,12 +167,14 @@ def run(args) -> Path:
         if skipped.count:
             s.say(f"epoch {epoch + 1}: skipped unreadable videos: {skipped}")
         if clip is not None:
-            _preview(core, clip.to(s.device), args, s.output_dir / "preview" / f"epoch_{epoch + 1:04d}.png")
+            png = s.output_dir / "preview" / f"epoch_{epoch + 1:04d}.png"
+            _preview(core, clip.to(s.device), args, png)
+            s.log.image("reconstruction", png, epoch + 1)
         return {"skipped_files": len(skipped.files)} if skipped.count else {}
 
-    loop(s, args, trainer, writer, position, args.epochs, steps_per_epoch, batches_for, loss_fn, end_of_epoch)
+    loop(s, args, trainer, writer, position, args.epochs, steps_per_epoch, batches_for, objective, end_of_epoch)
 
-    exported = export_weights(s, core, args.fsdp)
+    exported = export_weights(s, core, args.fsdp, args)
     if s.info.is_main:
         skipped = dataset.skip_log.since(None)
         if skipped.count:
@@ -184,4 +198,4 @@ def _preview(model, clip: torch.Tensor, args, png: Path, gif: Path | None = None
 
     png.parent.mkdir(parents=True, exist_ok=True)
     mask = preview_mask(model, clip, args.mask_type, args.mask_ratio, seed=args.seed)
-    save_reconstruction(model, clip, mask, png, gif)
+    save_reconstruction(model, clip, mask, png, gif, mask_type=args.mask_type)

@@ -1,0 +1,66 @@
+"""Attention forward / backward on every attention backend vs the official eager order, at the encoder's and
+the decoder's shapes of a pretraining step (q, k, v: [B, heads, N, 64] in bf16; the encoder sees the visible
+tokens, the decoder all of them). Compute-bound: the floor is the FLOPs over the measured matmul rate.
+
+    python -m bench.ops.bench_attention [--rehearse] [--models B] [--impls sdpa-cudnn,flash-attn,eager]
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.ops.harness import OpBench, nbytes
+from videomae import attention
+from videomae.ops import testing as T
+
+HEAD_DIM = 64
+
+
+def _qkv(case: T.Case, device: str, width: int, tokens: int) -> dict:
+    d = min(HEAD_DIM, width)
+    gen = torch.Generator(device).manual_seed(0)
+    q, k, v = (torch.randn(case.batch, max(1, width // d), tokens, d, device=device, generator=gen)
+               .to(torch.bfloat16).requires_grad_() for _ in range(3))
+    return dict(q=q, k=k, v=v, scale=d**-0.5)
+
+
+def encoder_inputs(case: T.Case, device: str) -> dict:
+    t, h, w = case.grid
+    return _qkv(case, device, case.dim, case.tokens - int(case.ratio * h * w) * t)  # the tube mask's visible count
+
+
+def decoder_inputs(case: T.Case, device: str) -> dict:
+    return _qkv(case, device, case.dec_dim, case.tokens)  # visible + masked tokens (V1)
+
+
+def flops(kw: dict, out: torch.Tensor, mode: str) -> int:
+    """q k^T and P v: 4 B H N^2 d forward; the backward's four products (dV, dP, dQ, dK) twice that."""
+    b, h, n, d = kw["q"].shape
+    fwd = 4 * b * h * n * n * d
+    return {"forward": fwd, "backward": 2 * fwd, "both": 3 * fwd}[mode]
+
+
+def bytes_moved(kw: dict, out: torch.Tensor, mode: str) -> int:
+    """q, k, v read and the output written; backward: q, k, v and d out read, d q, d k, d v written."""
+    q = kw["q"]
+    fwd = nbytes(q, kw["k"], kw["v"], out)
+    bwd = nbytes(q, kw["k"], kw["v"], out) + 3 * nbytes(q)
+    return {"forward": fwd, "backward": bwd, "both": fwd + bwd}[mode]
+
+
+def backends() -> list[str]:
+    return [name for name in attention.BACKENDS if name != "eager"]  # eager is the reference impl
+
+
+def _bench(name: str, inputs) -> OpBench:
+    return OpBench(name, attention.scaled_dot_product_attention, attention.eager_attention, inputs, ("q", "k", "v"),
+                   bytes_moved, flops=flops, backends=backends, use=attention.use_attention_backend)
+
+
+ENCODER = _bench("attention_encoder", encoder_inputs)
+DECODER = _bench("attention_decoder", decoder_inputs)
+
+if __name__ == "__main__":
+    from bench.ops.harness import main
+
+    raise SystemExit(main([ENCODER, DECODER]))

@@ -1,0 +1,1 @@
+"""Experiments that produce the repository's evidence: training parity with the official engine and the study."""

@@ -1,0 +1,194 @@
+"""Run folders and TrainState files through the real `videomae` command (subprocesses): nothing on disk
+changes before every check passed, a used folder is refused, corrupt checkpoints are one line and skipped
+by `--resume auto`, SIGINT/SIGTERM save at a step boundary and the resumed run equals an uninterrupted one,
+and a resume refuses another model geometry and states a changed schedule."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+# 8 videos, batch 1: 8 optimizer steps per epoch, so a signal after step 3 lands mid-epoch.
+TINY = ["--model", "pretrain_videomae_tiny_patch16_224", "--input_size", "32", "--num_frames", "4",
+        "--sampling_rate", "2", "--mask_ratio", "0.5", "--batch_size", "1", "--num_workers", "0", "--lr", "1e-2",
+        "--warmup_epochs", "1", "--no_tensorboard", "--no_preview", "--drop_path", "0.1", "--log_interval", "1",
+        "--save_ckpt_freq", "1"]
+
+
+def env() -> dict:
+    # One intra-op thread: bitwise comparisons between processes need the same reduction order.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def pretrain_cmd(synth: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "videomae", "pretrain", "--data_path", str(synth / "train.txt"),
+            "--output_dir", str(out), *TINY, *extra]
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def one_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def steps(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "steps.jsonl").read_text().splitlines()]
+
+
+def epochs(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "log.txt").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    from videomae.data.synth import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic_dataset(root, num_train=8, num_val=4, num_frames=16, size=32, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def whole(synth, tmp_path_factory) -> Path:
+    """An uninterrupted 2-epoch run: the reference for resumes, and a used run folder."""
+    out = tmp_path_factory.mktemp("runs") / "whole"
+    proc = run(pretrain_cmd(synth, out, "--epochs", "2"))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+# ---------------------------------------------------------------- nothing touched before everything is checked
+
+
+@pytest.mark.parametrize("bad, needle", [
+    (["--input_size", "100"], "--input_size 100"),
+    (["--num_frames", "7"], "--num_frames 7"),
+    (["--batch_size", "9"], "8 videos make no full step"),
+    (["--init", "/no/such/weights.pth"], "/no/such/weights.pth"),
+    ([], "holds an earlier run"),  # a good command line, but the folder is used
+])
+def test_a_rejected_rerun_leaves_the_run_folder_untouched(synth, whole, bad, needle):
+    before = snapshot(whole)
+    one_line(run(pretrain_cmd(synth, whole, "--epochs", "2", *bad)), needle)
+    assert snapshot(whole) == before
+
+
+def test_a_bad_list_line_stops_before_the_folder_exists(synth, tmp_path):
+    bad = tmp_path / "train.txt"
+    bad.write_text(f"{synth / 'videos' / 'train_00000.mp4'} 0\nclip.mp4 zero\n")
+    out = tmp_path / "new"
+    proc = run([sys.executable, "-m", "videomae", "pretrain", "--data_path", str(bad), "--output_dir", str(out),
+                *TINY])
+    one_line(proc, f"{bad}:2")
+    assert not out.exists()
+
+
+def test_overwrite_replaces_an_earlier_run(synth, whole, tmp_path):
+    out = tmp_path / "again"
+    import shutil
+
+    shutil.copytree(whole, out)
+    proc = run(pretrain_cmd(synth, out, "--epochs", "1", "--overwrite"))
+    assert proc.returncode == 0, proc.stderr
+    assert "--overwrite: deleted" in proc.stdout
+    assert [r["step"] for r in steps(out)] == list(range(1, 9))
+    assert sorted(p.name for p in out.glob("checkpoint-*.pth")) == ["checkpoint-0.pth"]
+    assert not list(out.glob("previous-*"))
+
+
+# ---------------------------------------------------------------- checkpoints you can trust
+
+
+def test_truncated_checkpoint_is_one_line_and_resume_auto_skips_it(synth, whole, tmp_path):
+    import shutil
+
+    out = tmp_path / "cut"
+    shutil.copytree(whole, out)
+    newest = out / "checkpoint-1.pth"
+    newest.write_bytes(newest.read_bytes()[:4096])
+    proc = run(pretrain_cmd(synth, out, "--epochs", "2", "--resume", str(newest)))
+    line = one_line(proc, str(newest), "truncated or corrupt")
+    assert "weights_only" not in line
+    # auto: the newest *valid* one, saying which it skipped and which it took
+    proc = run(pretrain_cmd(synth, out, "--epochs", "2", "--resume", "auto"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"skipping {newest}: truncated or corrupt" in proc.stdout
+    assert f"continuing from {out / 'checkpoint-0.pth'}" in proc.stdout
+    a = torch.load(whole / "model.pth", weights_only=True)["model"]
+    b = torch.load(out / "model.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_truncated_weights_file_is_one_line_naming_it(synth, whole, tmp_path):
+    weights = tmp_path / "model.pth"
+    weights.write_bytes((whole / "model.pth").read_bytes()[:2048])
+    proc = run([sys.executable, "-m", "videomae", "visualize", "--checkpoint", str(weights), "--video",
+                str(synth / "videos" / "val_00000.mp4"), "--output_dir", str(tmp_path / "vis")])
+    line = one_line(proc, str(weights), "truncated or corrupt")
+    assert "weights_only" not in line
+
+
+def test_resume_refuses_another_geometry_and_states_a_changed_schedule(synth, whole, tmp_path):
+    before = snapshot(whole)
+    one_line(run(pretrain_cmd(synth, whole, "--epochs", "2", "--resume", "auto", "--num_frames", "8")),
+             "--num_frames 4 -> 8")
+    one_line(run(pretrain_cmd(synth, whole, "--epochs", "2", "--resume", "auto", "--model",
+                              "pretrain_videomae_small_patch16_224")), "--model pretrain_videomae_tiny")
+    assert snapshot(whole) == before
+    import shutil
+
+    out = tmp_path / "longer"
+    shutil.copytree(whole, out)
+    proc = run(pretrain_cmd(synth, out, "--epochs", "3", "--resume", "auto"))
+    assert proc.returncode == 0, proc.stderr
+    assert "schedule changed since the checkpoint: --epochs 2 -> 3" in proc.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_epoch_saves_then_resume_equals_the_uninterrupted_run(synth, whole, tmp_path, sig):
+    out = tmp_path / "cut"
+    proc = subprocess.Popen(pretrain_cmd(synth, out, "--epochs", "2"), env=env(), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    rows = out / "steps.jsonl"
+    while time.time() < deadline and proc.poll() is None:
+        if rows.exists() and len(rows.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + sig.value, err  # interrupted, not finished
+    saved = sorted(out.glob("checkpoint-*.pth"))
+    assert len(saved) == 1 and f"saved {saved[0]} at the step boundary" in err
+    assert not (out / "model.pth").exists()
+
+    resumed = run(pretrain_cmd(synth, out, "--epochs", "2", "--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(whole / "model.pth", weights_only=True)["model"]
+    b = torch.load(out / "model.pth", weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [(r["step"], r["loss"]) for r in steps(out)] == [(r["step"], r["loss"]) for r in steps(whole)]
+    # The epoch mean logged after a mid-epoch resume is over the whole epoch, as uninterrupted.
+    assert [e["train_loss"] for e in epochs(out)] == [e["train_loss"] for e in epochs(whole)]
+    assert epochs(out)[0]["train_loss"] == pytest.approx(sum(r["loss"] for r in steps(whole)[:8]) / 8, rel=1e-12)

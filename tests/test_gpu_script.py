@@ -1,0 +1,216 @@
+"""bench/gpu.sh and bench/common.py on the CPU: every row carries its provenance, a failed or hung step is recorded
+and the next one runs, the budget and $OUT's file cap hold, TF32 never leaks out of a row."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import common
+from bench.common import ResultWriter, git_sha, tf32, timer
+
+ROOT = Path(__file__).resolve().parents[1]
+PROVENANCE = {"backend", "device", "driver", "cuda", "torch", "triton", "transformers", "python", "git_sha", "run",
+              "date_utc"}
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    """Results and $OUT in tmp_path, one run id: never the committed bench/results."""
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("BENCH_RUN", "test-run")
+    return tmp_path
+
+
+def rows(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["rows"]
+
+
+# ---------------------------------------------------------------------------------------------- bench.common
+
+
+def test_git_sha_from_env_only_without_git(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_SHA", "abc1234")
+    assert git_sha(tmp_path) == "abc1234"
+    monkeypatch.delenv("GIT_SHA")
+    assert git_sha(tmp_path / "elsewhere") == "unknown"
+    if (ROOT / ".git").exists():  # a checkout: the sha of HEAD, not the variable
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        assert git_sha(ROOT).removesuffix("-dirty") == head
+
+
+def test_rows_carry_provenance_and_append_across_writers(results):
+    first = ResultWriter("unit").add({"op": "x", "ms": 1.5}, backend="triton", device="cpu", tf32=False)
+    ResultWriter("unit").add({"op": "y"}, backend="torch", device="cpu")
+    written = rows(results / "results" / "unit.json")
+    assert [r["op"] for r in written] == ["x", "y"]
+    assert PROVENANCE <= set(first) and first == written[0]
+    assert (first["backend"], first["tf32"], first["run"]) == ("triton", False, "test-run")
+    assert first["torch"] == torch.__version__ and first["device"].startswith("cpu")
+    assert first["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert (results / "out" / "unit.json").read_text() == (results / "results" / "unit.json").read_text()
+
+
+def test_out_never_holds_more_than_eight_files(results):
+    out = results / "out"
+    out.mkdir()
+    for i in range(common.OUT_MAX_FILES - 1):
+        (out / f"f{i}.log").write_text("x")
+    ResultWriter("eighth").add({"v": 1}, backend=None)
+    ResultWriter("ninth").add({"v": 2}, backend=None)
+    assert (out / "eighth.json").exists() and not (out / "ninth.json").exists()
+    assert rows(results / "results" / "ninth.json")[0]["v"] == 2  # still written to the results folder
+    ResultWriter("eighth").add({"v": 3}, backend=None)  # a file already there is updated
+    assert [r["v"] for r in rows(out / "eighth.json")] == [1, 3]
+    assert len(list(out.iterdir())) == common.OUT_MAX_FILES
+
+
+def test_writer_names_must_suit_out():
+    with pytest.raises(ValueError, match="name must be"):
+        ResultWriter("a/b")
+
+
+def test_tf32_set_per_row_and_restored():
+    matmul = torch.backends.cuda.matmul
+    before = (matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    with tf32(True):
+        assert matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 and common.tf32_state()
+        assert torch.get_float32_matmul_precision() == "high"
+    assert (matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()) == before
+    with pytest.raises(RuntimeError), tf32(not before[0]):
+        raise RuntimeError("a row that fails")
+    assert (matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()) == before
+
+
+def test_cpu_timer_takes_the_median_after_warmup():
+    calls = []
+
+    def fn():
+        time.sleep(0.02 if not calls else 0.002)  # the first call is slow, as a first call compiles
+        calls.append(1)
+
+    t = timer(fn, "cpu", warmup_ms=0, rep_ms=30)
+    assert t.method == "perf_counter" and t.calls >= 3 and len(calls) == t.calls + 1
+    assert 2 <= t.median_ms < 15 and t.p20_ms <= t.median_ms <= t.p80_ms
+
+
+def test_step_rows_and_summary(results, capsys):
+    for step, rc, extra in [("a", 0, []), ("b", 3, []), ("c", 124, []), ("d", 0, ["--skipped"])]:
+        assert common.main(["step", "--step", step, "--rc", str(rc), "--seconds", "1.25", "--limit", "9", *extra]) == 0
+    written = rows(results / "results" / "gpu_steps.json")
+    assert [(r["step"], r["status"]) for r in written] == [("a", "ok"), ("b", "failed"), ("c", "timeout"),
+                                                          ("d", "skipped")]
+    assert all(PROVENANCE <= set(r) for r in written)
+    assert common.main(["summary"]) == 1
+    assert "timeout" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------- bench/gpu.sh
+
+
+def gpu_sh(args: list[str], tmp_path: Path, python: str = sys.executable, timeout: float = 600):
+    env = {**os.environ, "PYTHON": python, "BENCH_RESULTS": str(tmp_path / "results"), "OUT": str(tmp_path / "out")}
+    env.pop("BENCH_RUN", None)
+    return subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def planted_python(tmp_path: Path) -> str:
+    """A python that fails the smoke step, hangs in the op benchmarks and passes the loader step; everything
+    else (the status rows) is the real interpreter."""
+    script = tmp_path / "python"
+    script.write_text(f"""#!/usr/bin/env bash
+case " $* " in
+  *" -m bench.ops.smoke "*) echo "planted failure"; exit 3 ;;
+  *" -m bench.ops "*) exec sleep 120 ;;
+  *" bench/loader.py --help "*) echo "usage: loader.py [--rehearse] [--gpu]" ;;
+  *" bench/loader.py "*) echo "loader step ran" ;;
+  *) exec {sys.executable} "$@" ;;
+esac
+""")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script)
+
+
+def test_failed_and_hung_steps_are_recorded_and_the_next_step_runs(tmp_path):
+    t0 = time.monotonic()
+    res = gpu_sh(["--rehearse", "--steps", "smoke,ops,loader", "--limit", "ops=3"], tmp_path,
+                 python=planted_python(tmp_path))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert time.monotonic() - t0 < 120  # the hung step was cut at its limit, not left to finish
+    steps = rows(tmp_path / "results" / "gpu_steps.json")
+    assert [(r["step"], r["status"], r["rc"]) for r in steps] == [
+        ("smoke", "failed", 3), ("ops", "timeout", 124), ("loader", "ok", 0)]
+    assert steps[1]["limit_s"] == 3 and 2.5 < steps[1]["seconds"] < 30
+    assert all(PROVENANCE <= set(r) for r in steps) and len({r["run"] for r in steps}) == 1
+    log = (tmp_path / "out" / "gpu.log").read_text()
+    assert "planted failure" in log and "loader step ran" in log and "FAILED steps: smoke ops" in log
+    assert json.loads((tmp_path / "out" / "gpu_steps.json").read_text())["rows"] == steps
+    assert res.stdout.rstrip().endswith("gpu.sh: FAILED steps: smoke ops")
+
+
+def test_spent_budget_skips_steps_and_fails_a_rehearsal(tmp_path):
+    res = gpu_sh(["--rehearse", "--steps", "smoke,loader", "--budget", "5"], tmp_path)
+    assert res.returncode == 1
+    steps = rows(tmp_path / "results" / "gpu_steps.json")
+    assert [(r["step"], r["status"]) for r in steps] == [("smoke", "skipped"), ("loader", "skipped")]
+    assert "budget spent" in steps[0]["note"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "build,nope"], "no step 'nope'"),
+    (["--limit", "ops"], "--limit takes STEP=SECONDS"),
+    (["--budget", "9m"], "--budget takes whole seconds"),
+    (["--frobnicate"], "unknown argument"),
+])
+def test_bad_arguments_are_named(tmp_path, args, message):
+    res = gpu_sh(args, tmp_path)
+    assert res.returncode == 2 and message in res.stderr
+    assert not (tmp_path / "results" / "gpu_steps.json").exists()
+
+
+def test_rehearsed_op_benchmark_writes_rows_with_provenance(tmp_path):
+    """The op benchmark's real code path at the rehearsal's tiny shape (torch backend and eager reference)."""
+    env = {**os.environ, "BENCH_RESULTS": str(tmp_path / "results"), "OUT": str(tmp_path / "out")}
+    cmd = [sys.executable, "-m", "bench.ops.bench_decoder_input", "--rehearse", "--impls", "torch,eager"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    written = rows(tmp_path / "out" / "ops.json")
+    assert written[0]["op"] == "copy" and written[0]["gbps"] > 0
+    timed = written[1:]
+    assert sorted((r["impl"], r["mode"]) for r in timed) == sorted(
+        (i, m) for i in ("torch", "eager") for m in ("forward", "backward", "both"))
+    for r in timed:
+        assert PROVENANCE <= set(r) and r["backend"] == r["impl"] and r["tf32"] is False
+        assert r["status"] == "ok" and r["bytes"] > 0 and r["median_ms"] > 0 and r["floor_ms"] > 0
+        assert r["torch"] == torch.__version__ and r["device"].startswith("cpu")
+    assert all(r["speedup_vs_eager"] is not None for r in timed)
+
+
+def test_smoke_fails_a_backend_that_is_off_by_a_tenth_of_a_percent(monkeypatch):
+    """The smoke's bound (tests/tolerances.py's rule against the fp64 oracle) passes the torch backend and fails
+    the same backend with its loss scaled by 1.001."""
+    from dataclasses import replace
+
+    import bench.ops.bench_norm_pix_mse as loss_bench
+    from bench.ops import smoke
+
+    def status(rows):
+        return {(r["check"], r.get("tensor")): r["status"] for r in rows if r["check"].startswith("norm_pix_mse")}
+
+    good = status(smoke.op_checks("cpu", smoke.REHEARSAL_CASE, ["torch"]))
+    assert set(good.values()) == {"ok"} and len(good) == 4  # V1 and V2: the loss and d pred
+    right = loss_bench.BENCH.fn
+    monkeypatch.setattr(loss_bench, "BENCH", replace(loss_bench.BENCH, fn=lambda **kw: right(**kw) * 1.001))
+    bad = status(smoke.op_checks("cpu", smoke.REHEARSAL_CASE, ["torch"]))
+    assert bad[("norm_pix_mse", "out")] == bad[("norm_pix_mse-v2", "out")] == "failed"

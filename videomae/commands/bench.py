@@ -1,0 +1,46 @@
+"""`videomae bench NAME`: run bench/NAME.py of a source checkout (benchmarks ship with the source, not the wheel)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from videomae.commands import _common as c
+
+NAME = "bench"
+HELP = "run a benchmark script from a source checkout's bench/ (e.g. `videomae bench loader -- ARGS`)"
+DESCRIPTION = "Runs `python bench/NAME.py ARGS` of the source tree; without NAME lists the scripts."
+
+
+def add_arguments(p) -> None:
+    p.add_argument("name", nargs="?", help="benchmark script name (bench/NAME.py)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+
+
+def bench_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "bench"
+
+
+def scripts() -> list[str]:
+    folder = bench_dir()
+    return sorted(p.stem for p in folder.glob("*.py") if not p.name.startswith("_")) if folder.is_dir() else []
+
+
+def check(args) -> None:
+    found = scripts()
+    if not found:
+        c.fail(args, f"no benchmark scripts in {bench_dir()} (bench/ ships with the source tree, not the wheel)")
+    if args.name and args.name not in found:
+        c.fail(args, f"no benchmark {args.name!r} in {bench_dir()}; available: {', '.join(found)}")
+
+
+def run(args) -> int:
+    if not args.name:
+        print("benchmarks (videomae bench NAME [-- ARGS]):\n" + "\n".join(f"  {s}" for s in scripts()))
+        return 0
+    import subprocess
+
+    # A child process, as `python bench/NAME.py`: the script runs exactly as documented in its own header.
+    rest = args.args[1:] if args.args[:1] == ["--"] else args.args
+    return subprocess.call([sys.executable, str(bench_dir() / f"{args.name}.py"), *rest], cwd=bench_dir().parent)

@@ -1,0 +1,64 @@
+"""`videomae data synth|prep`: dataset tools."""
+
+from __future__ import annotations
+
+from videomae.commands import _common as c
+
+NAME = "data"
+HELP = "dataset tools (`videomae data synth`, `videomae data prep`)"
+DESCRIPTION = "Dataset tools."
+
+
+def _prep_module():
+    """`videomae/data/prep.py` (the DATA engineer's), when present in this tree."""
+    import importlib.util
+
+    if importlib.util.find_spec("videomae.data.prep") is None:
+        return None
+    import videomae.data.prep as prep
+
+    return prep
+
+
+def add_arguments(p) -> None:
+    sub = p.add_subparsers(dest="data_command", metavar="TOOL", parser_class=c.Parser)
+    sub.required = True
+    s = sub.add_parser("synth", help="write the built-in synthetic motion dataset (H.264 mp4 + list files)",
+                       description="Write the synthetic temporal dataset: textured shapes whose class is their "
+                       "motion; train.txt / val.txt / classes.txt in the official `path label` format.")
+    c.flag(s, "--output_dir", "--root", dest="output_dir", default="data/synth", help="dataset folder")
+    c.flag(s, "--num_train", type=int, default=160, help="training videos")
+    c.flag(s, "--num_val", type=int, default=40, help="validation videos")
+    c.flag(s, "--num_frames", type=int, default=32, help="frames per video")
+    c.flag(s, "--size", type=int, default=64, help="frame height and width (even)")
+    c.flag(s, "--fps", type=int, default=25, help="frames per second")
+    c.flag(s, "--seed", type=int, default=0, help="seed (same seed, same pixels)")
+    c.flag(s, "--style", default="texture", help="texture: gratings and striped shapes; smooth: low-frequency "
+           "backgrounds and two-tone shapes; other styles as videomae.data.synth.STYLES lists")
+    prep = _prep_module()
+    if prep is not None:
+        q = sub.add_parser("prep", help="prepare a dataset's list files", description=(prep.__doc__ or "").strip())
+        prep.add_prep_arguments(q)
+
+
+def check(args) -> None:
+    if args.data_command == "synth":
+        from videomae.data.synth import STYLES
+
+        if args.style not in STYLES:
+            c.fail(args, f"--style {args.style}: choose from {', '.join(STYLES)}")
+        if args.size % 2:
+            c.fail(args, f"--size must be even (H.264 yuv420p), got {args.size}")
+        c.check_positive(args, "num_train", "num_frames", "size", "fps")
+
+
+def run(args) -> int:
+    if args.data_command == "prep":
+        return _prep_module().run_prep(args)
+    from videomae.data.synth import write_synthetic_dataset
+
+    paths = write_synthetic_dataset(args.output_dir, num_train=args.num_train, num_val=args.num_val,
+                                    num_frames=args.num_frames, size=args.size, fps=args.fps, seed=args.seed,
+                                    style=args.style)
+    print("wrote " + ", ".join(f"{k}: {v}" for k, v in paths.items()))
+    return 0
