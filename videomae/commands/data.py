@@ -29,12 +29,14 @@ def add_arguments(p) -> None:
     c.flag(s, "--output_dir", "--root", dest="output_dir", default="data/synth", help="dataset folder")
     c.flag(s, "--num_train", type=int, default=160, help="training videos")
     c.flag(s, "--num_val", type=int, default=40, help="validation videos")
+    c.flag(s, "--num_test", type=int, default=0, help="test videos (style ssm only: an untouched test split)")
     c.flag(s, "--num_frames", type=int, default=32, help="frames per video")
     c.flag(s, "--size", type=int, default=64, help="frame height and width (even)")
     c.flag(s, "--fps", type=int, default=25, help="frames per second")
     c.flag(s, "--seed", type=int, default=0, help="seed (same seed, same pixels)")
     c.flag(s, "--style", default="texture", help="texture: gratings and striped shapes; smooth: low-frequency "
-           "backgrounds and two-tone shapes; other styles as videomae.data.synth.STYLES lists")
+           "backgrounds and two-tone shapes (both H.264); ssm: a miniature Something-Something, 12 classes in "
+           "time-reversal pairs, stored as raw uint8 .npy clips (no codec)")
     prep = _prep_module()
     if prep is not None:
         q = sub.add_parser("prep", help="prepare a dataset's list files", description=(prep.__doc__ or "").strip())
@@ -47,8 +49,10 @@ def check(args) -> None:
 
         if args.style not in STYLES:
             c.fail(args, f"--style {args.style}: choose from {', '.join(STYLES)}")
-        if args.size % 2:
+        if args.size % 2 and args.style != "ssm":
             c.fail(args, f"--size must be even (H.264 yuv420p), got {args.size}")
+        if args.num_test and args.style != "ssm":
+            c.fail(args, f"--num_test: only --style ssm has a test split, got --style {args.style}")
         c.check_positive(args, "num_train", "num_frames", "size", "fps")
 
 
@@ -59,6 +63,6 @@ def run(args) -> int:
 
     paths = write_synthetic_dataset(args.output_dir, num_train=args.num_train, num_val=args.num_val,
                                     num_frames=args.num_frames, size=args.size, fps=args.fps, seed=args.seed,
-                                    style=args.style)
+                                    style=args.style, num_test=args.num_test)
     print("wrote " + ", ".join(f"{k}: {v}" for k, v in paths.items()))
     return 0

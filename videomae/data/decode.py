@@ -435,12 +435,21 @@ def read_frames(
         raise VideoReadError(path, "empty file (0 bytes)")
     if num_frames is not None and num_frames < min_frames:
         raise VideoReadError(path, f"too short ({num_frames} frames < min_frames={min_frames})")
-    kinds = [None] if frame_folder is not None else _backends(backend)
+    # Raw uint8 `.npy` clips (`videomae data synth --style ssm`) skip the codecs: no codec noise in the targets.
+    raw = frame_folder is None and path.endswith(".npy")
+    kinds = [None] if frame_folder is not None or raw else _backends(backend)
     errors, opened = [], False
     for kind in kinds:
-        name = "frames" if kind is None else kind.name
+        name = ("raw" if raw else "frames") if kind is None else kind.name
         try:
-            reader = FrameFolderReader(path, *frame_folder, template) if kind is None else kind.open(path)
+            if kind is not None:
+                reader = kind.open(path)
+            elif raw:
+                from videomae.data.synth import RawClipReader
+
+                reader = RawClipReader(path)
+            else:
+                reader = FrameFolderReader(path, *frame_folder, template)
             n = len(reader)
         except Exception as err:  # noqa: BLE001 - any decoder failure means "try the next one"
             errors.append(f"{name}: {_short(err)}")
