@@ -60,15 +60,6 @@ def epochs(out: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    from videomae.data.synth import write_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("synth")
-    write_synthetic_dataset(root, num_train=8, num_val=4, num_frames=16, size=32, seed=0)
-    return root
-
-
-@pytest.fixture(scope="module")
 def whole(synth, tmp_path_factory) -> Path:
     """An uninterrupted 2-epoch run: the reference for resumes, and a used run folder."""
     out = tmp_path_factory.mktemp("runs") / "whole"

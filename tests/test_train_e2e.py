@@ -31,15 +31,6 @@ def env(threads: int = 1) -> dict:
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    from videomae.data.synth import write_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("synth")
-    write_synthetic_dataset(root, num_train=8, num_val=4, num_frames=16, size=32, seed=0)
-    return root
-
-
-@pytest.fixture(scope="module")
 def pretrained(synth, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pretrain")
     code = cli.main(["pretrain", "--data_path", str(synth / "train.txt"), "--output_dir", str(out), "--epochs", "2",

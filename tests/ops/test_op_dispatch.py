@@ -45,14 +45,3 @@ def test_env_var_and_context(monkeypatch):
         ops.cube_embed(**kw)
     with pytest.raises(ValueError, match="backend must be one of"), ops.use_backend("fast"):
         pass
-
-
-def test_backend_report():
-    report = ops.backend_report()
-    assert set(report) == {"cube_embed", "decoder_input", "norm_pix_mse"}
-    for per_backend in report.values():
-        assert set(per_backend) == {"cuda", "triton", "torch"}
-        assert per_backend["torch"] == {"available": True, "reasons": []}
-        for entry in per_backend.values():
-            assert entry["available"] == (not entry["reasons"])
-    assert report["cube_embed"]["triton"]["available"] == (INTERPRET or torch.cuda.is_available())
