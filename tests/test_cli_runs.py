@@ -183,3 +183,25 @@ def test_signal_mid_epoch_saves_then_resume_equals_the_uninterrupted_run(synth, 
     # The epoch mean logged after a mid-epoch resume is over the whole epoch, as uninterrupted.
     assert [e["train_loss"] for e in epochs(out)] == [e["train_loss"] for e in epochs(whole)]
     assert epochs(out)[0]["train_loss"] == pytest.approx(sum(r["loss"] for r in steps(whole)[:8]) / 8, rel=1e-12)
+
+
+def test_each_bad_video_is_one_clean_line(synth, tmp_path):
+    """A loader worker meets a truncated file, a text file and a missing one: each is one `skipping` line naming
+    it, with no FFmpeg or decord log line and no warning attributed to torch's fetch.py beside it."""
+    good = (synth / "videos" / "train_00001.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(good[: len(good) // 3])
+    (tmp_path / "text.mp4").write_text("not a video\n")
+    bad = [tmp_path / "cut.mp4", tmp_path / "text.mp4", tmp_path / "gone.mp4"]
+    rows = (synth / "train.txt").read_text().splitlines()
+    lst = tmp_path / "list.txt"
+    lst.write_text("\n".join([f"{synth / r.split()[0]} 0" for r in rows] + [f"{p} 0" for p in bad]) + "\n")
+    cmd = pretrain_cmd(synth, tmp_path / "run", "--epochs", "1", "--num_workers", "1")
+    cmd[cmd.index("--data_path") + 1] = str(lst)
+    proc = run(cmd)
+    assert proc.returncode == 0, proc.stderr
+    skip_lines = [x for x in proc.stderr.splitlines() if x.startswith("videomae.data: skipping ")]
+    for path in bad:
+        assert sum(f"skipping {path}: " in x for x in skip_lines) == 1, proc.stderr
+    # stderr also carries the progress lines (`epoch 1/1  step ...`); anything else is noise
+    noise = [x for x in proc.stderr.splitlines() if x.strip() and x not in skip_lines and not x.startswith("epoch ")]
+    assert not noise, noise

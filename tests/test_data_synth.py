@@ -197,7 +197,7 @@ def test_ssm_files_lists_and_raw_reader(tmp_path):
         read_raw_clip(tmp_path / "bad.npy")
     with pytest.raises(ValueError, match="num_test"):
         write_synthetic_dataset(tmp_path / "x", num_train=1, num_val=0, num_frames=2, size=32, num_test=1)
-    with pytest.raises(ValueError, match="render_ssm_clip"):
+    with pytest.raises(ValueError, match="own classes and renderer"):
         render_clip(0, 2, 32, np.random.default_rng(0), "ssm")
     with pytest.raises(ValueError, match="label"):
         render_ssm_clip(12, 2, 32, np.random.default_rng(0))

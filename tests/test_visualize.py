@@ -134,7 +134,7 @@ def test_confusion_matrix_counts_are_white_on_dark_cells():
 def test_plain_progress_lines_when_stderr_is_not_a_terminal(capsys):
     from videomae.train.logs import LineBar
 
-    bar = LineBar(total=20, initial=0, desc="epoch 1/3")
+    bar = LineBar(total=20, initial=0, desc="epoch 1/3", min_seconds=0.0)
     for _ in range(20):
         bar.set_postfix_str("loss 0.5")
         bar.update(1)
@@ -142,3 +142,9 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal(capsys):
     assert "\r" not in err
     lines = err.splitlines()
     assert len(lines) == 10 and lines[-1].startswith("epoch 1/3  step 20/20  loss 0.5")
+    # A fast epoch (20 steps well inside 10 s) logs its last step only.
+    fast = LineBar(total=20, initial=0, desc="epoch 2/3")
+    for _ in range(20):
+        fast.update(1)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("epoch 2/3  step 20/20")

@@ -29,14 +29,16 @@ def add_arguments(p) -> None:
     c.flag(s, "--output_dir", "--root", dest="output_dir", default="data/synth", help="dataset folder")
     c.flag(s, "--num_train", type=int, default=160, help="training videos")
     c.flag(s, "--num_val", type=int, default=40, help="validation videos")
-    c.flag(s, "--num_test", type=int, default=0, help="test videos (style ssm only: an untouched test split)")
+    c.flag(s, "--num_test", type=int, default=0, help="test videos (styles ssm and tiles only: an untouched "
+           "test split)")
     c.flag(s, "--num_frames", type=int, default=32, help="frames per video")
     c.flag(s, "--size", type=int, default=64, help="frame height and width (even)")
     c.flag(s, "--fps", type=int, default=25, help="frames per second")
     c.flag(s, "--seed", type=int, default=0, help="seed (same seed, same pixels)")
     c.flag(s, "--style", default="texture", help="texture: gratings and striped shapes; smooth: low-frequency "
            "backgrounds and two-tone shapes (both H.264); ssm: a miniature Something-Something, 12 classes in "
-           "time-reversal pairs, stored as raw uint8 .npy clips (no codec)")
+           "time-reversal pairs; tiles: the demo's clips, a background repeating every 16 px under a sliding striped "
+           "shape (ssm and tiles are stored as raw uint8 .npy clips, no codec)")
     prep = _prep_module()
     if prep is not None:
         q = sub.add_parser("prep", help="prepare a dataset's list files", description=(prep.__doc__ or "").strip())
@@ -45,14 +47,15 @@ def add_arguments(p) -> None:
 
 def check(args) -> None:
     if args.data_command == "synth":
-        from videomae.data.synth import STYLES
+        from videomae.data.synth import RAW_STYLES, STYLES
 
         if args.style not in STYLES:
             c.fail(args, f"--style {args.style}: choose from {', '.join(STYLES)}")
-        if args.size % 2 and args.style != "ssm":
+        if args.size % 2 and args.style not in RAW_STYLES:
             c.fail(args, f"--size must be even (H.264 yuv420p), got {args.size}")
-        if args.num_test and args.style != "ssm":
-            c.fail(args, f"--num_test: only --style ssm has a test split, got --style {args.style}")
+        if args.num_test and args.style not in RAW_STYLES:
+            c.fail(args, f"--num_test: only --style {' and '.join(RAW_STYLES)} have a test split, got --style "
+                   f"{args.style}")
         c.check_positive(args, "num_train", "num_frames", "size", "fps")
 
 

@@ -18,8 +18,11 @@ checks, which have no meaning for a file.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import re
+import sys
 import threading
 from collections.abc import Callable, Sequence
 
@@ -30,6 +33,11 @@ try:  # PyAV is a dependency on every CPU machine, but the GPU machines may lack
     import av
 except ImportError:  # pragma: no cover - depends on the environment
     av = None
+
+if av is not None:
+    # FFmpeg's own logger prints every damaged file's complaint ("moov atom not found") to stderr, once per
+    # worker, beside our one skip line. PyAV keeps the last message in the exception it raises, so nothing is lost.
+    av.logging.set_level(av.logging.PANIC)
 
 try:  # decord is optional: `pip install decord` (wheels exist for x86-64 Linux).
     import decord
@@ -161,13 +169,31 @@ def _rgb(frame) -> np.ndarray:
 
 class DecordReader:
     def __init__(self, path: str):
-        self.reader = decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
+        with _native_stderr_silenced():
+            self.reader = decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
 
     def __len__(self) -> int:
         return len(self.reader)
 
     def get(self, indices: np.ndarray) -> np.ndarray:
-        return self.reader.get_batch(indices.tolist()).asnumpy()
+        with _native_stderr_silenced():
+            return self.reader.get_batch(indices.tolist()).asnumpy()
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """decord's C++ logger writes to file descriptor 2 directly (`decord.logging` does not reach it), and the
+    exception it raises already carries the reason: point fd 2 at /dev/null for the call. Python-level
+    `sys.stderr` is flushed first so nothing written before is lost."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class TorchCodecReader:
@@ -394,9 +420,13 @@ def decoder_report() -> dict[str, dict]:
 # ---------------------------------------------------------------- reading with fallback
 
 
+# dmlc's log prefix on decord's messages: "[03:49:37] /github/workspace/src/video/video_reader.cc:486: Error: "
+_DMLC_PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\] \S+:\d+: (Error: |ERROR )?")
+
+
 def _short(err: Exception) -> str:
     text = str(err).strip().splitlines()
-    text = text[-1] if text else type(err).__name__
+    text = _DMLC_PREFIX.sub("", text[-1]) if text else type(err).__name__
     return text[:160]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 import weakref
@@ -18,6 +19,26 @@ from dataclasses import dataclass, field
 
 class SkippedFileWarning(UserWarning):
     """A sample was skipped (the message names the file and the reason)."""
+
+
+def _show_skips_as_one_line(previous):
+    """Print a SkippedFileWarning as its message alone: the default format names the line of torch's DataLoader
+    that happened to call the dataset and repeats that line, which says nothing about the file. Every other
+    warning, and the filters (`-W ignore::...SkippedFileWarning`, `catch_warnings`), behave as before."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, SkippedFileWarning):
+            print(message, file=file or sys.stderr, flush=True)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    show.previous = previous
+    return show
+
+
+# Installed on import, so loader workers (forked or spawned: both import this module) print the same line.
+if not hasattr(warnings.showwarning, "previous"):
+    warnings.showwarning = _show_skips_as_one_line(warnings.showwarning)
 
 
 @dataclass

@@ -5,7 +5,8 @@ list format; the study in experiments/ reports on both, so they stay side by sid
 
 Style "ssm" (a miniature Something-Something, the study's dataset) is described at `render_ssm_clip`;
 it is stored raw (`.npy`, uint8 [T, H, W, 3]), because codec noise would become the normalized target
-of flat cubes. The styles "texture" and "smooth" below are the first generation (H.264 files).
+of flat cubes. Style "tiles" (the demo's data, raw too) lives in `synth_tiles.py`. The styles "texture" and
+"smooth" below are the first generation (H.264 files).
 
 Each clip shows one textured shape over a textured static background. The class is the
 motion (`CLASSES`): translation left/right/up/down, rotation cw/ccw, approach/recede.
@@ -38,7 +39,8 @@ import numpy as np
 
 CLASSES = ("left", "right", "up", "down", "rotate_cw", "rotate_ccw", "approach", "recede")
 SHAPES = ("disk", "square", "triangle", "cross")
-STYLES = ("texture", "smooth", "ssm")
+STYLES = ("texture", "smooth", "ssm", "tiles")
+RAW_STYLES = ("ssm", "tiles")  # stored as raw .npy clips, each with an optional test split
 # Time-reversal pairs (2k, 2k+1): the same first-frame distribution, opposite motion.
 SSM_CLASSES = ("left", "right", "up", "down", "rotate_cw", "rotate_ccw", "approach", "recede", "start", "stop",
                "collide", "pass")
@@ -59,7 +61,7 @@ class SynthParams:
     gop: int = 32
     style: str = "texture"
     version: int = FORMAT_VERSION
-    num_test: int = 0  # style "ssm" only: an untouched test split
+    num_test: int = 0  # raw styles only: an untouched test split
 
 
 def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -157,7 +159,7 @@ def render_clip(label: int, num_frames: int, size: int | tuple[int, int], rng: n
     `style`: "texture" (gratings of 2-8 cycles behind shapes with 3-6 stripes) or "smooth" (a
     low-frequency background behind two-tone shapes, split once through their center)."""
     if style not in STYLES[:2]:
-        hint = " (style 'ssm' has its own classes: render_ssm_clip)" if style == "ssm" else ""
+        hint = f" (style {style!r} has its own classes and renderer)" if style in RAW_STYLES else ""
         raise ValueError(f"style must be one of {STYLES[:2]}, got {style!r}{hint}")
     h, w = _hw(size)
     bg = _background(rng, h, w) if style == "texture" else _smooth_background(rng, h, w)
@@ -315,14 +317,18 @@ class RawClipReader:
         return self.frames[idx]
 
 
-def write_ssm_dataset(root: str | Path, num_train: int, num_val: int, num_test: int, num_frames: int, size: int,
-                      seed: int) -> dict[str, Path]:
-    """Raw clips `videos/{split}_{i:05d}.npy` and the lists train.txt / val.txt / test.txt -> paths."""
+def write_raw_dataset(root: str | Path, style: str, num_train: int, num_val: int, num_test: int, num_frames: int,
+                      size: int, seed: int) -> dict[str, Path]:
+    """Raw clips of a raw style ("ssm", "tiles"): `videos/{split}_{i:05d}.npy` and the lists train.txt / val.txt /
+    test.txt -> paths."""
+    from videomae.data.synth_tiles import TILES_CLASSES, tiles_clips
+
+    make, classes = (ssm_clips, SSM_CLASSES) if style == "ssm" else (tiles_clips, TILES_CLASSES)
     root = Path(root)
     (root / "videos").mkdir(parents=True, exist_ok=True)
     paths = {"root": root}
     for split_id, (split, count) in enumerate((("train", num_train), ("val", num_val), ("test", num_test))):
-        clips, labels = ssm_clips(split_id, count, num_frames, size, seed)
+        clips, labels = make(split_id, count, num_frames, size, seed)
         lines = []
         for i, (clip, label) in enumerate(zip(clips, labels, strict=True)):
             rel = f"videos/{split}_{i:05d}.npy"
@@ -331,7 +337,7 @@ def write_ssm_dataset(root: str | Path, num_train: int, num_val: int, num_test: 
         if count:
             (root / f"{split}.txt").write_text("".join(lines))
             paths[split] = root / f"{split}.txt"
-    (root / "classes.txt").write_text("".join(f"{name}\n" for name in SSM_CLASSES))
+    (root / "classes.txt").write_text("".join(f"{name}\n" for name in classes))
     paths["classes"] = root / "classes.txt"
     return paths
 
@@ -375,21 +381,21 @@ def write_synthetic_dataset(
 ) -> dict[str, Path]:
     """Write the dataset (balanced classes, round robin) and return its paths.
 
-    -> {'root', 'train', 'val', 'classes'} (+ 'test' for style "ssm" with num_test > 0); list lines are
-    `videos/train_00000.mp4 <label>` (`.npy` raw clips for style "ssm": square frames, no codec, no fps).
+    -> {'root', 'train', 'val', 'classes'} (+ 'test' for a raw style with num_test > 0); list lines are
+    `videos/train_00000.mp4 <label>` (`.npy` raw clips for the raw styles: square frames, no codec, no fps).
     Same arguments, same pixels: every clip draws from its own `SeedSequence((seed, split, i))`.
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
-    if num_test and style != "ssm":
-        raise ValueError(f"num_test: only style 'ssm' has a test split, got style {style!r}")
+    if num_test and style not in RAW_STYLES:
+        raise ValueError(f"num_test: only the raw styles {RAW_STYLES} have a test split, got style {style!r}")
     params = SynthParams(num_train, num_val, num_frames, size if isinstance(size, int) else tuple(size), fps, seed,
                          crf, gop, style, num_test=num_test)
     root = Path(root)
-    if style == "ssm":
+    if style in RAW_STYLES:
         if not isinstance(size, int):
-            raise ValueError(f"size: style 'ssm' renders square frames, got {size}")
-        paths = write_ssm_dataset(root, num_train, num_val, num_test, num_frames, size, seed)
+            raise ValueError(f"size: style {style!r} renders square frames, got {size}")
+        paths = write_raw_dataset(root, style, num_train, num_val, num_test, num_frames, size, seed)
         (root / "meta.json").write_text(json.dumps(asdict(params), indent=1))
         return paths
     (root / "videos").mkdir(parents=True, exist_ok=True)

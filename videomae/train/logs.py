@@ -108,20 +108,24 @@ class RunLog(NullLog):
 
 class LineBar:
     """The progress bar for logs that are files or pipes: one plain line every `every` steps (about ten
-    per epoch) and at the epoch's end, instead of tqdm's carriage-return redraws."""
+    per epoch) but at most one per `min_seconds`, and one at the epoch's end, instead of tqdm's carriage-return
+    redraws. (Short epochs, as the demo's 10 steps of a second in all, would otherwise log every step.)"""
 
-    def __init__(self, total: int, initial: int, desc: str, lines: int = 10):
+    def __init__(self, total: int, initial: int, desc: str, lines: int = 10, min_seconds: float = 10.0):
         self.total, self.n, self.desc = total, initial, desc
-        self.every = max(1, total // lines)
+        self.every, self.min_seconds = max(1, total // lines), min_seconds
         self.postfix, self.start, self.done = "", time.perf_counter(), initial
+        self.last = self.start
 
     def set_postfix_str(self, s: str) -> None:
         self.postfix = s
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        if self.n % self.every == 0 or self.n == self.total:
-            rate = (self.n - self.done) / max(time.perf_counter() - self.start, 1e-9)
+        now = time.perf_counter()
+        if (self.n % self.every == 0 and now - self.last >= self.min_seconds) or self.n == self.total:
+            self.last = now
+            rate = (self.n - self.done) / max(now - self.start, 1e-9)
             print(f"{self.desc}  step {self.n}/{self.total}  {self.postfix}  ({rate:.2f} steps/s)",
                   file=sys.stderr, flush=True)
 
