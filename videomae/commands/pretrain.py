@@ -7,6 +7,7 @@ from pathlib import Path
 
 from videomae.commands import _common as c
 from videomae.commands import official, runs
+from videomae.data.transforms import PRETRAIN_SCALES
 from videomae.masking import MASK_TYPES
 
 NAME = "pretrain"
@@ -43,9 +44,9 @@ def add_arguments(p) -> None:
                           "`--normlize_target False` turns it off)")
     c.flag(g, "--num_sample", type=int, default=1, help="clips drawn per decoded video (V2 / MAE-ST repeated "
            "sampling)")
-    c.flag(g, "--crop_scales", type=float, nargs="+", default=[1.0, 0.875, 0.75, 0.66], metavar="S",
-           help="side lengths of the multi-scale crop as fractions of the short side (official: 1 .875 .75 .66; "
-           "1 alone: no scale jitter)")
+    c.flag(g, "--crop_scales", type=float, nargs="+", default=list(PRETRAIN_SCALES), metavar="S",
+           help="side lengths of the multi-scale crop as fractions of the short side (official: "
+           f"{' '.join(map(str, PRETRAIN_SCALES))}; 1 alone: no scale jitter)")
     c.switch(g, "--gpu_aug", None, "workers ship uint8 frames; crop/resize/normalize run in the training process "
              "on its device (default: on with a GPU)")
     c.switch(g, "--preview", True, "write a reconstruction preview PNG per epoch and a GIF at the end")

@@ -37,6 +37,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from videomae.data.synth_tiles import TILES_CLASSES, tiles_clips
+
 CLASSES = ("left", "right", "up", "down", "rotate_cw", "rotate_ccw", "approach", "recede")
 SHAPES = ("disk", "square", "triangle", "cross")
 STYLES = ("texture", "smooth", "ssm", "tiles")
@@ -321,8 +323,6 @@ def write_raw_dataset(root: str | Path, style: str, num_train: int, num_val: int
                       size: int, seed: int) -> dict[str, Path]:
     """Raw clips of a raw style ("ssm", "tiles"): `videos/{split}_{i:05d}.npy` and the lists train.txt / val.txt /
     test.txt -> paths."""
-    from videomae.data.synth_tiles import TILES_CLASSES, tiles_clips
-
     make, classes = (ssm_clips, SSM_CLASSES) if style == "ssm" else (tiles_clips, TILES_CLASSES)
     root = Path(root)
     (root / "videos").mkdir(parents=True, exist_ok=True)

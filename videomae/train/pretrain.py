@@ -44,7 +44,6 @@ def build_model(args) -> torch.nn.Module:
 
 
 def build_dataset(args, model, gpu_aug: bool):
-    from videomae.data import transforms as TF
     from videomae.data.datasets import MaskGenerator, PretrainDataset
     from videomae.data.lists import load_records
     from videomae.data.skips import SkipLog
@@ -57,7 +56,7 @@ def build_dataset(args, model, gpu_aug: bool):
     return PretrainDataset(
         records, num_frames=args.num_frames, sampling_rate=args.sampling_rate, input_size=args.input_size,
         mask_fn=mask_fn, num_sample=args.num_sample, sampling=args.sampling, gpu_aug=gpu_aug, seed=args.seed,
-        backend=args.video_backend, skip_log=SkipLog(), scales=getattr(args, "crop_scales", None) or TF.PRETRAIN_SCALES,
+        backend=args.video_backend, skip_log=SkipLog(), scales=args.crop_scales,
     )
 
 
