@@ -24,7 +24,10 @@ from setuptools import find_packages, setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCHS = ("8.0", "9.0")  # A100, H100/H200
 
-packages = find_packages(include=["videomae", "videomae.*"])
+# The Triton kernels live in the top-level kernels/ folder (the design's layout) and install inside the package as
+# videomae.kernels; never as a top-level `kernels` module (an unrelated PyPI package owns that name).
+packages = find_packages(include=["videomae", "videomae.*"]) + ["videomae.kernels"]
+package_dir = {"videomae.kernels": "kernels"}
 
 
 def log(msg):
@@ -153,6 +156,7 @@ ext_modules, cmdclass = cuda_extension()
 
 setup(
     packages=packages,
+    package_dir=package_dir,
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -6,7 +6,7 @@
     loss = model.forward_loss(videos, pred, mask)
 """
 
-from videomae import masking
+from videomae import _layout, masking  # noqa: F401  (_layout first: it maps videomae.kernels)
 from videomae.checkpoint import LoadReport, load_checkpoint, save_checkpoint
 from videomae.loss import pixel_loss
 from videomae.models import PretrainVisionTransformer, VisionTransformer

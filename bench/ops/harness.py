@@ -173,7 +173,7 @@ def parse(argv, benches: list[OpBench]) -> argparse.Namespace:
     args.device = "cuda" if torch.cuda.is_available() and not args.rehearse else "cpu"
     if args.device == "cpu" and not args.rehearse:
         ap.error("no CUDA device: run with --rehearse on the CPU")
-    from videomae.ops.triton import INTERPRET
+    from videomae.kernels._common import INTERPRET
 
     if args.device == "cuda" and INTERPRET:
         ap.error("TRITON_INTERPRET=1 would time the interpreter: unset it for GPU figures")

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from videomae.kernels._common import INTERPRET
 from videomae.ops import testing as T
-from videomae.ops.triton import INTERPRET
 
 BACKENDS = [
     "torch",

@@ -39,7 +39,7 @@ import torch
 from torch._dynamo.backends.common import aot_autograd
 from videomae.ops import testing as T
 from videomae.ops.library import torch_op
-from videomae.ops.triton import INTERPRET
+from videomae.kernels._common import INTERPRET
 
 assert not INTERPRET
 graphs = []

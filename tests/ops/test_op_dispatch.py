@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import videomae.ops as ops
+from videomae.kernels._common import INTERPRET
 from videomae.ops import dispatch
 from videomae.ops import testing as T
-from videomae.ops.triton import INTERPRET
 
 CASE = T.Case(2, 4, 32, 48, tubelet=2, patch=16, dim=40, dec_dim=24, ratio=0.5)
 

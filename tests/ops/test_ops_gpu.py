@@ -13,12 +13,12 @@ from op_helpers import STATS, to_fp64
 from tolerances import ERROR_FLOOR, ERROR_RATIO
 
 import videomae.ops as ops
+from videomae.kernels._common import INTERPRET
 from videomae.ops import dispatch
 from videomae.ops import testing as T
 from videomae.ops.cube_embed import cube_embed_ref
 from videomae.ops.decoder_input import decoder_input_ref
 from videomae.ops.norm_pix_mse import norm_pix_mse_ref
-from videomae.ops.triton import INTERPRET
 
 pytestmark = [
     pytest.mark.gpu,

@@ -5,7 +5,7 @@ autograd glue. Backends supply only kernels; the order `auto` tries them in is `
 one table for ops and attention: cuda > triton > torch), and `VIDEOMAE_BACKEND=auto|cuda|triton|torch` or
 `with use_backend(name):` forces one:
 - `torch`:  eager torch, any device (`torch_backend.py`): the ops' references, the unfused path.
-- `triton`: the Triton kernels of `videomae/ops/triton/` (CUDA; CPU under `TRITON_INTERPRET=1`).
+- `triton`: the Triton kernels of `kernels/`, installed as `videomae.kernels` (CUDA; CPU under `TRITON_INTERPRET=1`).
 - `cuda`:   the compiled extension `videomae._C`, registered by `cuda_backend.py` when present.
 
 The ops take masks in index form (`videomae.masking.TokenIds`: int64 ids, made and validated on the CPU by

@@ -1,4 +1,4 @@
-"""The `triton` backend: ops `videomae::{op}_triton` over the kernels in `videomae.ops.triton`.
+"""The `triton` backend: ops `videomae::{op}_triton` over the Triton kernels of `kernels/` (`videomae.kernels`).
 
 On GPU the ops are `torch.library.triton_op`s: every shape is static, so torch.compile traces each body down to
 its kernels (`wrap_triton`). Under `TRITON_INTERPRET=1` they are opaque `custom_op`s running on CPU tensors: the
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import torch
 
+from videomae.kernels._common import INTERPRET, token_sum
+from videomae.kernels.cube_embed import cube_embed_fwd, gather_cubes, scatter_cubes
+from videomae.kernels.decoder_input import decoder_input_fwd
+from videomae.kernels.norm_pix_mse import norm_pix_mse_bwd, norm_pix_mse_fwd
+
 from ._index import loss_weights, rows_of
 from .dispatch import Backend, register_backend
 from .library import define_ops
-from .triton import INTERPRET
-from .triton._common import token_sum
-from .triton.cube_embed import cube_embed_fwd, gather_cubes, scatter_cubes
-from .triton.decoder_input import decoder_input_fwd
-from .triton.norm_pix_mse import norm_pix_mse_bwd, norm_pix_mse_fwd
 
 
 class TritonBackend(Backend):

@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import launcher
+from ._common import launcher
 
 
 @triton.jit

@@ -14,8 +14,7 @@ import triton.language as tl
 
 from videomae.ops._index import channel_constants
 
-from . import INTERPRET, launcher
-from ._common import cube_offsets, pixel_offsets
+from ._common import INTERPRET, cube_offsets, launcher, pixel_offsets
 
 
 @triton.jit

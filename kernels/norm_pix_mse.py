@@ -13,8 +13,7 @@ import triton.language as tl
 
 from videomae.ops._index import channel_constants
 
-from . import launcher
-from ._common import cube_offsets
+from ._common import cube_offsets, launcher
 
 
 @triton.jit

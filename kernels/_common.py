@@ -1,10 +1,17 @@
-"""Helpers shared by the kernel files: cube addressing and the deterministic per-token row sum."""
+"""Helpers shared by the kernel files: launching, cube addressing and the deterministic per-token row sum."""
 
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
-from . import launcher
+INTERPRET = bool(triton.knobs.runtime.interpret)  # kernels built for the interpreter run on CPU tensors
+
+
+def launcher(kernel):
+    """`kernel[grid](...)` as torch.compile can trace it (`wrap_triton`); the interpreter's kernels as they are
+    (torch 2.11's wrap_triton rejects them, and those ops are opaque custom ops anyway)."""
+    return kernel if INTERPRET else wrap_triton(kernel)
 
 
 @triton.jit
