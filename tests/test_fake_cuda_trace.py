@@ -1,0 +1,65 @@
+"""What the GPU will compile, compiled without one (issue 20 item 2).
+
+`videomae pretrain`'s compiled objective (ViT-B dims, 16x224x224, tube 0.9, bf16 autocast, uint8 clips as the
+device feed delivers them; V2 dual masking) and `videomae finetune --compile`'s forward are traced on fake CUDA
+tensors with an H200's properties (bench/trace.py) through dynamo (fullgraph), AOTAutograd's joint graph and
+inductor's lowering, Triton code generation and Triton compilation for sm_90, stopping where the compiled code would
+start running. Ops backend forced to `triton`, and to `cuda` where this stack built `videomae._C`; attention is
+what `auto` picks on an H200 (cuDNN SDPA). Each trace runs in its own process (bench.trace.run_isolated): it
+replaces the CUDA device guard for that process's lifetime.
+
+Cost on CI's 2 cores: every encoder block compiles to the same kernels, so depth 2 is ViT-B's whole kernel set
+(dims, heads, token counts: everything but the repeat count) at a fraction of the dynamo/AOT time of depth 12;
+the decoder keeps its 4 blocks. `VIDEOMAE_TRACE_DEPTH=12` traces the full model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from bench import trace
+from videomae import _ext
+
+DEPTH = os.environ.get("VIDEOMAE_TRACE_DEPTH", "2")
+ATTENTION_ON_H200 = "_scaled_dot_product_cudnn_attention"  # auto on cuda-sm90 bf16: flash-attn absent -> sdpa-cudnn
+
+
+def traced(*args: str) -> dict:
+    res = trace.run_isolated(["-m", "bench.trace", "--depth", DEPTH, *args], timeout=1500)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def check_compiled(out: dict, backend: str | None) -> None:
+    # Dynamo: one graph (fullgraph), the forced fused-op backend and the H200's attention kernel inside it.
+    assert out["dynamo_graphs"] == 1
+    if backend is not None:
+        for op in ("cube_embed", "decoder_input", "norm_pix_mse"):
+            assert f"videomae.{op}_{backend}" in out["ops"], out["ops"]
+    assert ATTENTION_ON_H200 in out["ops"], out["ops"]
+    # AOTAutograd: the joint graph partitioned into forward and backward; inductor lowered and compiled both, and
+    # the compiled forward was reached (where the GPU would start running it).
+    assert out["aot_graphs"] == ["backward", "forward"]
+    assert out["kernels"] > 0 and out["reached_run"]
+    assert out["config"]["precision"] == "bf16" and out["config"]["compile"] is True
+
+
+def test_pretrain_step_compiles_for_h200_with_triton_ops():
+    check_compiled(traced("--ops-backend", "triton"), "triton")
+
+
+def test_pretrain_v2_dual_masking_compiles_for_h200():
+    check_compiled(traced("--ops-backend", "triton", "--v2"), "triton")
+
+
+@pytest.mark.skipif(not _ext.available(), reason=f"no videomae._C for this stack: {_ext.reason()}")
+def test_pretrain_step_compiles_for_h200_with_cuda_ops():
+    """The built extension's dispatch inside the trace: what broke at the build-info read (issue 20)."""
+    check_compiled(traced("--ops-backend", "cuda"), "cuda")
+
+
+def test_finetune_forward_compiles_for_h200():
+    check_compiled(traced("--command", "finetune"), None)
