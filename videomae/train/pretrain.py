@@ -109,21 +109,9 @@ def run(args) -> Path:
     model = distributed.wrap(model, s.info, s.device, fsdp=args.fsdp)
     optimizer = make_optimizer(core, lr, args.weight_decay, betas=args.opt_betas or (0.9, 0.95), eps=args.opt_eps,
                                config=config)
-    gpu_augment = None
-    if gpu_aug:
-        from videomae.data.gpu_aug import GpuAugment
+    from videomae.data.feed import DeviceFeed
 
-        gpu_augment = GpuAugment(args.input_size)
-
-    def prepare(batch):
-        """A loader batch -> (videos, TokenIds) on the device, outside the step (augmentation included)."""
-        if gpu_aug:
-            frames, boxes, ids = batch
-            videos = gpu_augment(frames, boxes, s.device)
-        else:
-            videos, ids = batch
-            videos = videos.to(s.device, non_blocking=True)
-        return videos, ids.to(s.device, non_blocking=True)
+    prepare = DeviceFeed(s.device, args.input_size)  # side-stream copy, batched crop/resize, uint8 clips
 
     objective = pretrain_objective(model, config, core)
     trainer = Trainer(model, optimizer, lr_schedule, wd_schedule, precision, accum_iter=args.accum_iter,
