@@ -333,6 +333,18 @@ class _FactoriesOnCpu(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+def _select_conv_backend(real):
+    """torch._C._select_conv_backend for fake CUDA inputs: cuDNN, as torch picks on sm_90 for the clip's conv3d
+    (torch 2.11 asks the driver whether cuDNN takes bf16; newer torch does not)."""
+
+    def select(input, weight, *args, **kwargs):  # noqa: A002  (torch's argument name)
+        if input.device.type == "cuda" and torch.backends.cudnn.enabled and not kwargs.get("transposed"):
+            return torch._C._ConvBackend.Cudnn
+        return real(input, weight, *args, **kwargs)
+
+    return select
+
+
 def _fold_on_cpu(deduce):
     def deduce_value(self, node):
         with _FactoriesOnCpu():
@@ -373,6 +385,10 @@ def fake_cuda(spec: DeviceSpec = H200) -> Iterator[torch._subclasses.FakeTensorM
                     break
     patches += [
         mock.patch("torch.accelerator.is_available", lambda: False),  # no stream state in dynamo's trace
+        # torch 2.11 allocates a real CUDA tensor for the first fake one when torch.cuda says it is available
+        # (newer torch asks torch.accelerator); the no-driver guard stands in for that context.
+        mock.patch("torch._subclasses.fake_tensor.init_gpu_context", lambda device: None),
+        mock.patch("torch._C._select_conv_backend", _select_conv_backend(torch._C._select_conv_backend)),
         mock.patch("torch.tensor", _fake_tensor(torch.tensor)),
         mock.patch("torch.nn.functional.scaled_dot_product_attention", _sdpa),
         mock.patch.object(joint_graph.UniformValueConstantFolder, "_deduce_value",
@@ -555,27 +571,37 @@ def _inputs(step: Step, model, mode) -> tuple:
     return videos, fake
 
 
-def trace_step(step: Step, spec: DeviceSpec = H200) -> Trace:
-    """Trace the objective the CLI compiles for `step` on a `spec` GPU; returns what was compiled."""
+def cli_step(step: Step, mode, compile: bool = True):
+    """Inside `fake_cuda()`: the CLI's objective for `step` on fake CUDA tensors -> (config, precision, call), where
+    `call()` runs the objective once (pretraining: (loss, clips); fine-tuning: logits). `compile=False` keeps the
+    CLI's every other switch and runs eagerly (bench/triton_sm90a.py records the kernels launched that way)."""
     from videomae.train import engine
 
     args = cli_args(step.command, step.argv())
     device = torch.device("cuda", 0)
+    config = engine.StepConfig.from_args(args).resolve(device, pretraining=step.command == "pretrain")
+    if not compile:
+        config = config.replace(compile=False)
+    model = build_model(step, args)
+    with mode:
+        model = model.to_empty(device=device)
+    engine.apply_config(model, config)
+    precision = engine.Precision(config.precision, device)
+    inputs = _inputs(step, model, mode)
+    if step.command == "pretrain":
+        objective = engine.pretrain_objective(model, config)
+        return config, precision, lambda: objective(inputs)
+    forward = engine.build_objective(model, config, model)
+    return config, precision, lambda: forward(*inputs)
+
+
+def trace_step(step: Step, spec: DeviceSpec = H200) -> Trace:
+    """Trace the objective the CLI compiles for `step` on a `spec` GPU; returns what was compiled."""
+    from videomae.train import engine
+
     trace = Trace()
     with fake_cuda(spec) as mode:
-        config = engine.StepConfig.from_args(args).resolve(device, pretraining=step.command == "pretrain")
-        model = build_model(step, args)
-        with mode:
-            model = model.to_empty(device=device)
-        engine.apply_config(model, config)
-        precision = engine.Precision(config.precision, device)
-        inputs = _inputs(step, model, mode)
-        if step.command == "pretrain":
-            objective = engine.pretrain_objective(model, config)
-            call = lambda: objective(inputs)  # noqa: E731
-        else:
-            forward = engine.build_objective(model, config, model)
-            call = lambda: forward(*inputs)  # noqa: E731
+        config, precision, call = cli_step(step, mode)
         trace.config = config.as_dict()
         with recording(trace), precision.autocast(), engine.ops_context(config):
             try:

@@ -234,13 +234,16 @@ def run(args) -> Path:
     optimizer = make_optimizer(core, lr, args.weight_decay, betas=args.opt_betas or (0.9, 0.999), eps=args.opt_eps,
                                layer_decay=args.layer_decay, config=config)
     mixing = args.mixup > 0 or args.cutmix > 0
+    from videomae.data.feed import DeviceFeed
+
+    feed = DeviceFeed(s.device, args.input_size)  # side-stream copy from pinned memory (the workers crop)
 
     def prepare(batch):
         """A loader batch -> (clips, target) on the device, mixed, outside the step; target is soft when mixing."""
         from videomae.data.transforms import mixup_cutmix
 
         clips, target, video = batch
-        clips, target = clips.to(s.device, non_blocking=True), target.to(s.device, non_blocking=True)
+        clips, target = feed((clips, target))
         if not mixing:
             return clips, target
         # A pure function of (seed, epoch, the batch's videos): resumed runs mix the same way.
