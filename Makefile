@@ -20,7 +20,7 @@ PINNED_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python
 GPU_STACK := torch==2.11.0 triton==3.6.0 transformers==5.17.0
 PINNED_TESTS = $(wildcard tests/ops tests/test_ops_registration.py tests/test_fused_model.py tests/test_models.py \
                  tests/test_sync_free.py tests/test_train_step*.py tests/test_gpu_script*.py \
-                 tests/test_fake_cuda_trace.py tests/test_data_gpu_aug.py)
+                 tests/test_fake_cuda_trace.py tests/test_triton_sm90a.py tests/test_data_gpu_aug.py)
 
 .PHONY: install install-pinned test suite rehearse test-pinned lint demo gpu clean
 

@@ -337,3 +337,20 @@ def test_not_gpu():
     assert order == ["test_a[0] PASSED", "test_b[0] PASSED", "test_a[1] PASSED", "test_b[1] SKIPPED",
                      "test_a[2] SKIPPED"], res.stdout
     assert "3 of 5 tests started (2 test functions)" in res.stdout
+
+
+@pytest.mark.slow
+def test_the_rehearsal_runs_every_step_on_the_gpu_images_packages(tmp_path):
+    """`bash bench/gpu.sh --rehearse` on this stack (CI: both), about 10 minutes on 2 cores: every step passes with
+    only the GPU image's packages importable, and the headline row is the CLI's step with its prepare."""
+    steps = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--list"], capture_output=True, text=True,
+                           check=True).stdout.split()
+    res = gpu_sh(["--rehearse"], tmp_path, timeout=3000)
+    assert res.returncode == 0, res.stdout[-8000:] + res.stderr[-2000:]
+    status = rows(tmp_path / "results" / "gpu_steps.json")
+    assert [(r["step"], r["status"]) for r in status] == [(s, "ok") for s in steps]
+    assert "rehearsal image:" in (tmp_path / "out" / "gpu.log").read_text()
+    table = rows(tmp_path / "results" / "train_step.json")
+    headline = next(r for r in table if r["peer"] == "fast")
+    assert headline["status"] == "ok" and headline["clip_dtype"] == "uint8" and "DeviceFeed" in headline["input"]
+    assert {r["peer"] for r in table} >= {"fast", "eager", "hf"}
