@@ -338,6 +338,11 @@ main() {
   if (( REHEARSE )); then  # every Python process of the steps sees the GPU image's packages only
     image_dir=$(mktemp -d)
     "$PY" -m bench.imports setup --dir "$image_dir" --image "${IMAGE[*]}" 2>&1 | tee -a "$LOG"
+    if [[ ! -f "$image_dir/sitecustomize.py" ]]; then
+      echo "gpu.sh: could not set up the GPU image's packages for the rehearsal (bench.imports setup)" | tee -a "$LOG"
+      rm -rf "$image_dir"
+      return 1
+    fi
     export PYTHONPATH="$image_dir${PYTHONPATH:+:$PYTHONPATH}"
   fi
   for s in "${selected[@]}"; do

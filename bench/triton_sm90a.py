@@ -164,6 +164,7 @@ def compile_launch(launch: Launch):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    ptxas()  # the assembler (and so the PTX version) the compiled step uses
     fn = launch.kernel
     backend, kwargs, bound, specialization, options = _specialize(launch)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
@@ -240,7 +241,15 @@ _FIELDS = {"stack_frame_bytes": r"(\d+) bytes stack frame", "spill_store_bytes":
 
 
 def ptxas() -> str:
-    """Triton's bundled ptxas: the assembler that builds every kernel Triton loads."""
+    """The assembler the step's kernels go through: torch's own ptxas where its wheel ships one (inductor points
+    Triton at it, $TRITON_PTXAS_PATH, in every process that compiles; torch 2.11+cu130: CUDA 13.0), else Triton's
+    bundled one. Set here as inductor sets it, so that our kernels, compiled before inductor runs, use it too."""
+    try:
+        from torch._inductor.runtime.compile_tasks import _set_triton_ptxas_path
+    except ImportError:  # pragma: no cover  (torch moved it: Triton's own then)
+        pass
+    else:
+        _set_triton_ptxas_path()
     from triton import knobs
 
     return knobs.nvidia.ptxas.path
@@ -343,10 +352,11 @@ def main(argv=None) -> int:
     import triton
 
     t0 = time.monotonic()
+    assembler = ptxas()  # before any compile: ours and inductor's go through the same one
     rows = our_rows(OURS)
     if not args.no_inductor:
         rows += inductor_rows(INDUCTOR, args.depth)
-    ptxas_version = subprocess.run([ptxas(), "--version"], capture_output=True, text=True).stdout.strip()
+    ptxas_version = subprocess.run([assembler, "--version"], capture_output=True, text=True).stdout.strip()
     report = {
         "what": "every Triton kernel of the headline step compiled offline for sm_90a (bench/triton_sm90a.py)",
         "target": {"backend": "cuda", "arch": 90, "warp_size": 32, "ptx_target": ARCH},
@@ -355,6 +365,8 @@ def main(argv=None) -> int:
                   "inductor_depth": args.depth or 12},
         "versions": {"torch": torch.__version__, "triton": triton.__version__,
                      "ptxas": ptxas_version.splitlines()[-1] if ptxas_version else None,
+                     "ptxas_path": str(Path(assembler).relative_to(Path(sys.prefix)))
+                     if Path(assembler).is_relative_to(sys.prefix) else assembler,
                      "python": ".".join(map(str, sys.version_info[:3]))},
         "git_sha": common.git_sha(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
