@@ -6,23 +6,44 @@ whether each applies, its magnitude and its sign, and applies them to every fram
 draws per image, from python `random` and numpy's global generator, and none of them depends on the image: so
 with both generators set to the same state before each frame, every frame gets the same draws, hence the same
 ops and magnitudes. That state comes from one seed drawn from the clip's `rng` (`seeded_global_rngs`), so a clip
-stays a pure function of (frames, rng). The ops are PIL's, as in the official code: geometric ones resample
-bicubic (its `--train_interpolation bicubic`) and fill with grey 128; `translate_const` is
-int(0.45 * input size) as the official `create_random_augment` sets it (only the absolute translations, which
-the rand policies do not use, read it).
+stays a pure function of (frames, rng), and the caller's global generators are left as they were. The ops are
+PIL's, as in the official code: geometric ones resample bicubic (its `--train_interpolation bicubic`) and fill
+with grey 128; `translate_const` is int(0.45 * input size) as the official `create_random_augment` sets it (only
+the absolute translations, which the rand policies do not use, read it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import random
 import re
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
-from videomae.data.global_rng import seed_globals, seeded_global_rngs
-
 SPEC = re.compile(r"rand(-(m\d+|n\d+|mstd[\d.]+|mmax\d+|inc[01]|p[\d.]+))*")
+
+
+def seed_globals(seed: int) -> None:
+    """Seed python `random` and numpy's legacy global generator, the two timm draws from."""
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002  (the legacy global generator is what timm reads)
+
+
+@contextlib.contextmanager
+def seeded_global_rngs(rng: np.random.Generator) -> Iterator[int]:
+    """Yields a seed drawn from `rng`; the caller's global `random` / `np.random` state is put back afterwards,
+    so nobody else's draws move. Not thread-safe (the state is the process's): the loader augments in worker
+    processes, or in the main process one clip at a time."""
+    seed = int(rng.integers(2**32))
+    saved = random.getstate(), np.random.get_state()  # noqa: NPY002
+    try:
+        yield seed
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])  # noqa: NPY002
 
 
 class RandAugment:
