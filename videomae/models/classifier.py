@@ -103,3 +103,9 @@ class VisionTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed"}
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter grouping, with the official fine-tuning layer ids: the embedding 0, block i i + 1, the
+        rest (fc_norm, head) last; `timm.optim.param_groups_layer_decay` / `create_optimizer_v2(layer_decay=...)`
+        read it."""
+        return {"stem": r"^cls_token|^pos_embed|^patch_embed", "blocks": [(r"^blocks\.(\d+)", None)]}
