@@ -14,7 +14,7 @@ top-1 within the fine-tuning budget. If it does not, the data cannot carry the c
 arm is reported. Arms: scratch, and VideoMAE pretraining with tube / random / frame masking at one ratio, each
 fine-tuned at every label budget; every (arm, budget) picks its lr from one grid by val top-1 at seed 0, then runs
 the other seeds with it; a linear probe on frozen features is the second readout. The hypotheses and pass criteria
-are in study_plots.PREREGISTRATION, written to study.md before the run (`--preregister`).
+are in `study_plots.preregistration`, written to study.md before the run (`--preregister`).
 
 Scheduling: the runs form a graph (gate -> pretraining -> fine-tuning grids -> other seeds); a process pool runs
 whatever is ready, longest remaining chain first. Calibration times the steps in every worker at once, then gives
@@ -62,7 +62,7 @@ CONFIGS = {
     "cpu": Config("cpu"),
     # One H200, <= 8 minutes: the same design at 16 frames (8 time slots), a wider model, 14 runs at a time.
     "gpu": Config("gpu", num_frames=16, embed_dim=128, heads=4, decoder_dim=96, decoder_depth=2, pretrain_batch=64,
-                  pretrain_lr=1.5e-3, finetune_batch=64, workers=14, device="cuda", minutes=7.0),
+                  finetune_batch=64, workers=14, device="cuda", minutes=7.0),
 }
 
 
@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", choices=sorted(CONFIGS), default="cpu",
                    help="smoke: CI seconds (the cpu config's rehearsal); cpu: <= 60 min on 2 cores; gpu: <= 8 min on "
                    "one H200, 16 frames")
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="study.json/.md and plots")
+    p.add_argument("--out", type=Path, default=None,
+                   help="study.json/.md and plots (default: bench/results for cpu, bench/results/study_<config> else)")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "videomae" / "study_motion",
                    help="rendered clips and pretrained weights")
     p.add_argument("--workers", type=int, default=None, help="parallel runs (default: the config's)")
@@ -263,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rehearse", action="store_true", help="run the config's whole graph at toy sizes on the CPU")
     args = p.parse_args(argv)
     cfg = rehearsal(CONFIGS[args.config]) if args.rehearse else CONFIGS[args.config]
+    if args.out is None:
+        results = REPO / "bench" / "results"
+        args.out = results if cfg.name == "cpu" else results / f"study_{cfg.name}"
     if args.workers is not None:
         if args.workers < 1:
             p.error(f"--workers must be >= 1, got {args.workers}")

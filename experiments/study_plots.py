@@ -34,7 +34,8 @@ sampled frame over a static textured background (value noise and gratings: neith
 common direction is the class ({len(MOTION_CLASSES)} classes: {', '.join(MOTION_CLASSES)}; chance {CHANCE:.0f}%).
 Pool: {d['num_pool']} clips for pretraining, the first {d['num_labeled']} of them with labels; val {d['num_val']}
 clips (learning-rate choice only); test {d['num_test']} clips (every reported number). The development runs used
-data seed 99: these val and test clips were not looked at before the run.
+data seed 99 ([study_development.md](study_development.md)): these val and test clips were not looked at before
+the run.
 
 **Model.** ViT {d['embed_dim']} wide, {d['depth']} blocks, {d['heads']} heads, {d['patch_size']}x{d['patch_size']}
 patches, tubelet 2: {grid}x{grid} grid x {t_slots} time slots = {grid * grid * t_slots} tokens. Pretraining decoder
@@ -44,10 +45,11 @@ patches, tubelet 2: {grid}x{grid} grid x {t_slots} time slots = {grid * grid * t
 `random` and `frame` masking, all at ratio {d['mask_ratio']} (the highest ratio at which all three hide the same
 share of this grid: 12 of 16 tubes, 48 of 64 cubes, 3 of 4 time slots), then fine-tuned.
 
-**Budgets.** Pretraining: batch {d['pretrain_batch']}, lr {d['pretrain_lr']:g} (fixed for every masking, chosen in
-development on seed-99 data), AdamW (0.9, 0.95), wd 0.05, 10% warmup, cosine; {d['pretrain_steps']} steps in the
-design, the run's count set by calibration so that the whole study fills {d['minutes']:g} minutes on
-{d['workers']} worker(s) (recorded below). Fine-tuning at {', '.join(map(str, d['label_budgets']))} labels (class
+**Budgets.** Pretraining: batch {d['pretrain_batch']}, lr {d['pretrain_lr']:g} for every masking (of 1e-3 and 3e-3,
+the lower tube val loss after 1,200 steps on the development data; not tuned per arm), AdamW (0.9, 0.95), wd 0.05,
+10% warmup, cosine to lr / 100; {d['pretrain_steps']} steps in the design, the run's count set by calibration so that
+the whole study fills {d['minutes']:g} minutes on {d['workers']} worker(s), everything included (recorded in the
+results). Fine-tuning at {', '.join(map(str, d['label_budgets']))} labels (class
 balanced, nested, one subset per seed shared by every arm): batch {d['finetune_batch']}, steps ({steps}: scratch
 reaches its train-loss plateau there in development), label smoothing 0.1, drop path 0.1, layer decay 0.75 for
 pretrained encoders; lr from {{{', '.join(f'{x:g}' for x in d['finetune_lrs'])}}} picked for every (arm, labels)

@@ -126,6 +126,8 @@ def test_plan_of_the_cpu_config():
         assert all(d in by_key for d in t["deps"]), t["key"]
         if t["kind"] == "pretrain":
             assert set(t["deps"]) == gate  # nothing is pretrained before gate 0
+        if t["after_gate"]:
+            assert gate <= set(t["deps"]), t["key"]
         if t["kind"] == "finetune" and t["init"] == "videomae":
             assert f"pre-{t['arm']}-s{t['seed']}" in t["deps"]  # each seed fine-tunes its own pretraining
     assert not any(by_key[k]["after_gate"] for k in gate)

@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 from videomae.data.synth_tiles import TILES_CLASSES, tiles_clips
@@ -353,6 +352,8 @@ def write_raw_dataset(root: str | Path, style: str, num_train: int, num_val: int
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 25, crf: int = 18, gop: int = 32) -> None:
     """uint8 [T, H, W, 3] -> H.264 mp4 (libx264, yuv420p, moov atom first). H and W must be even."""
+    import av  # here, not at the top: the raw styles (the study's data) render without PyAV
+
     t, h, w, _ = frames.shape
     if h % 2 or w % 2:
         raise ValueError(f"yuv420p needs even height and width, got {h}x{w}")
