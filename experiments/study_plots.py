@@ -178,8 +178,13 @@ def markdown(doc: dict) -> str:
            f"per pretraining step, {cal.get('finetune_step_s', 0) * 1e3:.0f} ms per fine-tuning step -> "
            f"{cal.get('pretrain_steps')} pretraining steps (design {cal.get('design_pretrain_steps')}), fine-tuning "
            f"{cal.get('finetune_steps')} (design {cal.get('design_finetune_steps')}); simulated schedule "
-           f"{cal.get('estimated_min', 0):.1f} min of the {cal.get('seconds_left', 0) / 60:.1f} left after rendering.",
+           f"{cal.get('estimated_min', 0):.1f} min of the {cal.get('seconds_left', 0) / 60:.1f} left after rendering "
+           "and calibration.",
            ""]
+    if cal and not cal.get("fits", True):
+        out += [f"**The machine was too slow for the design:** fine-tuning shortened to {cal.get('finetune_steps')} "
+                f"steps (design {cal.get('design_finetune_steps')}) and pretraining to its minimum; gate 0 and the "
+                "criteria below then test the budget, not the data. Rerun on idle cores.", ""]
     if state.get("not_run"):
         out += [f"Not run ({len(state['not_run'])}): " + ", ".join(state["not_run"]), ""]
     out += ["## Results", ""]
