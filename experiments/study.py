@@ -85,9 +85,10 @@ CONFIGS["smoke"] = dataclasses.replace(rehearsal(CONFIGS["cpu"]), name="smoke", 
 _WORKER: dict = {}
 
 
-def _init_worker(cfg: Config, cache: str, threads: int) -> None:
+def _init_worker(cfg: Config, cache: str, threads: int, barrier) -> None:
     torch.set_num_threads(threads)
-    _WORKER.update(cfg=cfg, data=load_dataset(cfg, Path(cache)), cache=Path(cache), device=torch.device(cfg.device))
+    _WORKER.update(cfg=cfg, data=load_dataset(cfg, Path(cache)), cache=Path(cache), device=torch.device(cfg.device),
+                   barrier=barrier)
 
 
 def weights_path(cfg: Config, cache: Path, key: str) -> Path:
@@ -125,6 +126,8 @@ def _time_steps(_: int) -> dict:
     probe, in a worker: short runs of the study's own functions on its data, every worker at once (the same
     contention as the study's)."""
     cfg, data, device = _WORKER["cfg"], _WORKER["data"], _WORKER["device"]
+    # Every worker starts timing at once, and each times once (a waiting worker cannot take a second call).
+    _WORKER["barrier"].wait(timeout=600)
     wall: dict[str, list[float]] = {}
     for kind, steps in (("pretrain", 5), ("finetune", 5), ("pretrain", 25), ("finetune", 25)):
         t0 = time.perf_counter()
@@ -162,7 +165,9 @@ def run_study(cfg: Config, out: Path, cache: Path, resume: bool = False, real_di
     shared = {"config": cfg.name, "git_sha": git_sha(), "torch": torch.__version__,
               "host": f"{platform.machine()}, {mp.cpu_count()} cpus, {cfg.workers} worker(s)"}
     ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no forked OpenMP or CUDA state
-    with cf.ProcessPoolExecutor(cfg.workers, ctx, initializer=_init_worker, initargs=(cfg, str(cache), 1)) as pool:
+    barrier = ctx.Barrier(cfg.workers)
+    with cf.ProcessPoolExecutor(cfg.workers, ctx, initializer=_init_worker,
+                                initargs=(cfg, str(cache), 1, barrier)) as pool:
         if doc and doc.get("calibration"):
             calibration = doc["calibration"]
         else:
