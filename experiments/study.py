@@ -21,6 +21,8 @@ whatever is ready, longest remaining chain first. Calibration times the steps in
 pretraining the step count that makes the simulated schedule fill `minutes` (everything included), fine-tuning
 keeping its design counts (long enough for scratch's plateau). Every finished run is appended to study.json and
 study.md is rewritten, so a cut run leaves labeled partial results (`--resume` runs only the missing ones).
+The plan and calibration are in study_plan.py, the runs in study_runs.py: its `train` is the one place the study
+calls the project's training code.
 """
 
 from __future__ import annotations
