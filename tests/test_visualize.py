@@ -8,8 +8,9 @@ from PIL import Image
 from torch import nn
 
 import videomae
-from videomae.loss import IMAGENET_MEAN, IMAGENET_STD, pixel_targets
+from videomae.constants import IMAGENET_MEAN, IMAGENET_STD
 from videomae.masking import tube_mask
+from videomae.ops.norm_pix_mse import patchify, pixel_targets
 from videomae.visualize import LABEL_W, MASK_SHADE, TITLE_H, animation_gif, caption, grid_png, reconstruct
 
 
@@ -48,9 +49,9 @@ def test_each_masked_cube_is_unnormalized_with_its_own_statistics():
     videos, pixels = _clip(3)
     mask = tube_mask(2, (2, 2, 3), 0.5, torch.Generator().manual_seed(2))
     views = reconstruct(Oracle(True, offset=1.0), videos, mask)  # +1 in normalized units = +1 std of the cube
-    cubes = videomae.loss.patchify(pixels, 2, 16)  # [B, N, P, C]
+    cubes = patchify(pixels, 2, 16)  # [B, N, P, C]
     std = cubes.var(dim=-2, unbiased=True, keepdim=True).sqrt()
-    rec = videomae.loss.patchify(views["reconstruction"], 2, 16)
+    rec = patchify(views["reconstruction"], 2, 16)
     expected = (cubes + (std + 1e-6)).clamp(0, 1)
     torch.testing.assert_close(rec[mask], expected[mask], atol=2e-5, rtol=0)
     torch.testing.assert_close(rec[~mask], cubes[~mask], atol=1e-6, rtol=0)
@@ -59,9 +60,9 @@ def test_each_masked_cube_is_unnormalized_with_its_own_statistics():
 def test_masked_view_shades_exactly_the_masked_cubes():
     videos, pixels = _clip(4)
     mask = tube_mask(2, (2, 2, 3), 0.5, torch.Generator().manual_seed(3))
-    shaded = videomae.loss.patchify(reconstruct(Oracle(True), videos, mask)["masked"], 2, 16)
+    shaded = patchify(reconstruct(Oracle(True), videos, mask)["masked"], 2, 16)
     assert torch.all(shaded[mask] == MASK_SHADE)
-    torch.testing.assert_close(shaded[~mask], videomae.loss.patchify(pixels, 2, 16)[~mask], atol=1e-6, rtol=0)
+    torch.testing.assert_close(shaded[~mask], patchify(pixels, 2, 16)[~mask], atol=1e-6, rtol=0)
 
 
 def test_reconstruct_runs_a_real_model_in_eval_mode_and_restores_train_mode():

@@ -15,8 +15,9 @@ import torch
 from einops import rearrange
 from PIL import Image
 
-from videomae.loss import IMAGENET_MEAN, IMAGENET_STD, patchify
+from videomae.constants import IMAGENET_MEAN, IMAGENET_STD
 from videomae.masking import make_mask
+from videomae.ops.norm_pix_mse import patchify
 
 MASK_SHADE = 0.35  # masked cubes are drawn in this gray, so holes are visible on dark and light frames
 ROWS = ("original", "masked", "reconstruction")
