@@ -332,6 +332,7 @@ def test_fuzz_kernels_stay_inside_their_buffers(backend, kind, request, monkeypa
         ref = cube_embed_ref(*args64, repaired(ids, out_of_range, n), upcast=True)
         ref = torch.where(out_of_range[..., None], args64[2].expand_as(ref), ref)  # the bias alone
         close(out, ref, TOL[torch.float32], "out")
+        assert torch.equal(out[out_of_range], bias.expand(int(out_of_range.sum()), -1))  # bit for bit: no pixel, no pos
         exact = kind != "duplicate" or backend == "torch"
         for name, g, r in zip(("d videos", "d weight", "d bias", "d pos"), got,
                               torch.autograd.grad(ref, args64, grad.double())):
