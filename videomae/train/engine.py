@@ -282,7 +282,7 @@ class GraphedStep:
     def __init__(self, step: Callable[[list], StepOut], example: list, params: list[torch.Tensor],
                  optimizer: torch.optim.Optimizer):
         leaves, self.spec = pytree.tree_flatten(example)
-        if not all(isinstance(x, torch.Tensor) and x.is_cuda for x in leaves if x is not None):
+        if not all(x.is_cuda for x in leaves if isinstance(x, torch.Tensor)):  # ints (TokenIds.validated_for) stay
             raise ValueError("cuda_graphs needs every tensor of the batch on a CUDA device")
         self.static = [x.clone() if isinstance(x, torch.Tensor) else x for x in leaves]
         batch = pytree.tree_unflatten(self.static, self.spec)
