@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from videomae.loss import IMAGENET_MEAN, IMAGENET_STD
+from videomae.constants import IMAGENET_MEAN, IMAGENET_STD
 from videomae.train.optim import param_groups
 
 

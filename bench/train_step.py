@@ -116,7 +116,7 @@ def build_ours(spec: dict, device: torch.device, inputs: list):
     tokens = ids.visible.shape[1] + ids.decoded.shape[1]  # the decoder's sequence: what auto picks for
     q = torch.empty(spec["batch"], a.num_heads, tokens, a.proj.in_features // a.num_heads, device=device,
                     dtype=precision.dtype)
-    extra = {"precision": config.precision, "attention": attention.select_backend(q, q, q).name,
+    extra = {"precision": config.precision, "attention": attention.select_backend(q, q, q, name=config.attention).name,
              "switches": config.as_dict()}
     position = engine.Position()
 

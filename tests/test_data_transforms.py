@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from videomae.constants import IMAGENET_MEAN, IMAGENET_STD
 from videomae.data import transforms as TF
-from videomae.loss import IMAGENET_MEAN, IMAGENET_STD
 
 
 def test_fixed_offsets_hand_computed():

@@ -9,8 +9,9 @@ from PIL import Image
 from torch import nn
 
 import videomae
-from videomae.loss import IMAGENET_MEAN, IMAGENET_STD, pixel_targets
+from videomae.constants import IMAGENET_MEAN, IMAGENET_STD
 from videomae.masking import tube_mask
+from videomae.ops.norm_pix_mse import patchify, pixel_targets
 from videomae.visualize import (
     LABEL_W,
     LINE_H,
@@ -60,9 +61,9 @@ def test_each_masked_cube_is_unnormalized_with_its_own_statistics():
     videos, pixels = _clip(3)
     mask = tube_mask(2, (2, 2, 3), 0.5, torch.Generator().manual_seed(2))
     views = reconstruct(Oracle(True, offset=1.0), videos, mask)  # +1 in normalized units = +1 std of the cube
-    cubes = videomae.loss.patchify(pixels, 2, 16)  # [B, N, P, C]
+    cubes = patchify(pixels, 2, 16)  # [B, N, P, C]
     std = cubes.var(dim=-2, unbiased=True, keepdim=True).sqrt()
-    rec = videomae.loss.patchify(views["reconstruction"], 2, 16)
+    rec = patchify(views["reconstruction"], 2, 16)
     expected = (cubes + (std + 1e-6)).clamp(0, 1)
     torch.testing.assert_close(rec[mask], expected[mask], atol=2e-5, rtol=0)
     torch.testing.assert_close(rec[~mask], cubes[~mask], atol=1e-6, rtol=0)
@@ -71,9 +72,9 @@ def test_each_masked_cube_is_unnormalized_with_its_own_statistics():
 def test_masked_view_shades_exactly_the_masked_cubes():
     videos, pixels = _clip(4)
     mask = tube_mask(2, (2, 2, 3), 0.5, torch.Generator().manual_seed(3))
-    shaded = videomae.loss.patchify(reconstruct(Oracle(True), videos, mask)["masked"], 2, 16)
+    shaded = patchify(reconstruct(Oracle(True), videos, mask)["masked"], 2, 16)
     assert torch.all(shaded[mask] == MASK_SHADE)
-    torch.testing.assert_close(shaded[~mask], videomae.loss.patchify(pixels, 2, 16)[~mask], atol=1e-6, rtol=0)
+    torch.testing.assert_close(shaded[~mask], patchify(pixels, 2, 16)[~mask], atol=1e-6, rtol=0)
 
 
 def test_reconstruct_runs_a_real_model_in_eval_mode_and_restores_train_mode():
@@ -151,22 +152,22 @@ def test_raw_view_is_the_prediction_through_the_documented_affine():
     pred = torch.randn(2, int(mask[0].sum()), 2 * 16 * 16 * 3, generator=torch.Generator().manual_seed(6)) * 2
     views = reconstruct(Fixed(pred), videos, mask, raw=True)
     assert list(views) == ["original", "masked", "target", "prediction"]
-    shown = videomae.loss.patchify(views["prediction"], 2, 16)  # [B, N, 512, 3]
+    shown = patchify(views["prediction"], 2, 16)  # [B, N, 512, 3]
     expected = (0.5 + pred.view(2, -1, 512, 3) / 6).clamp(0, 1)
     torch.testing.assert_close(shown[mask], expected.reshape(-1, 512, 3), atol=1e-6, rtol=0)
     assert (expected == 0).any() and (expected == 1).any()  # the clamp is exercised
-    cubes = videomae.loss.patchify(pixels, 2, 16).double()
+    cubes = patchify(pixels, 2, 16).double()
     z = (cubes - cubes.mean(-2, keepdim=True)) / (cubes.var(-2, keepdim=True).sqrt() + 1e-6)
-    target = videomae.loss.patchify(views["target"], 2, 16)
+    target = patchify(views["target"], 2, 16)
     torch.testing.assert_close(target.double(), (0.5 + z / 6).clamp(0, 1), atol=1e-5, rtol=0)
     torch.testing.assert_close(shown[~mask], target[~mask], atol=0, rtol=0)
     # The same prediction on a brighter clip: the default view moves with the clip, the raw view does not.
     brighter = (pixels * 0.5 + 0.4 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)) / \
         torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
-    raw_b = videomae.loss.patchify(reconstruct(Fixed(pred), brighter, mask, raw=True)["prediction"], 2, 16)
+    raw_b = patchify(reconstruct(Fixed(pred), brighter, mask, raw=True)["prediction"], 2, 16)
     torch.testing.assert_close(raw_b[mask], shown[mask], atol=0, rtol=0)
-    rec = videomae.loss.patchify(reconstruct(Fixed(pred), videos, mask)["reconstruction"], 2, 16)
-    rec_b = videomae.loss.patchify(reconstruct(Fixed(pred), brighter, mask)["reconstruction"], 2, 16)
+    rec = patchify(reconstruct(Fixed(pred), videos, mask)["reconstruction"], 2, 16)
+    rec_b = patchify(reconstruct(Fixed(pred), brighter, mask)["reconstruction"], 2, 16)
     assert (rec_b[mask] - rec[mask]).abs().max() > 0.1
 
 
@@ -175,7 +176,7 @@ def test_raw_view_of_a_raw_pixel_model_is_its_prediction_as_it_is():
     mask = tube_mask(2, (2, 2, 3), 0.5, torch.Generator().manual_seed(5))
     pred = torch.rand(2, int(mask[0].sum()), 1536, generator=torch.Generator().manual_seed(7))
     views = reconstruct(Fixed(pred, normalize_target=False), videos, mask, raw=True)
-    shown = videomae.loss.patchify(views["prediction"], 2, 16)
+    shown = patchify(views["prediction"], 2, 16)
     torch.testing.assert_close(shown[mask], pred.view(2, -1, 512, 3).reshape(-1, 512, 3), atol=1e-6, rtol=0)
     torch.testing.assert_close(views["target"], pixels, atol=1e-6, rtol=0)
 

@@ -21,8 +21,9 @@ from einops import rearrange
 from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
-from videomae.loss import IMAGENET_MEAN, IMAGENET_STD, patchify
+from videomae.constants import IMAGENET_MEAN, IMAGENET_STD
 from videomae.masking import make_mask
+from videomae.ops.norm_pix_mse import patchify
 
 MASK_SHADE = 0.35  # masked cubes are drawn in this gray, so holes are visible on dark and light frames
 RAW_CENTER, RAW_SPAN = 0.5, 6.0  # raw_display: z -> RAW_CENTER + z / RAW_SPAN

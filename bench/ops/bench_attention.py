@@ -12,6 +12,7 @@ import torch
 
 from bench.ops.opbench import MODES, OpBench, impls, nbytes, time_op
 from videomae import attention
+from videomae.dispatch import use_backend
 from videomae.ops import testing as T
 
 HEAD_DIM = 64
@@ -55,7 +56,7 @@ def backends() -> list[str]:
 
 def _bench(name: str, inputs) -> OpBench:
     return OpBench(name, attention.scaled_dot_product_attention, attention.eager_attention, inputs, ("q", "k", "v"),
-                   bytes_moved, flops=flops, backends=backends, use=attention.use_attention_backend)
+                   bytes_moved, flops=flops, backends=backends, use=lambda name: use_backend(attention=name))
 
 
 ENCODER = _bench("attention_encoder", encoder_inputs)

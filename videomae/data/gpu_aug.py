@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
+from videomae.constants import IMAGENET_MEAN, IMAGENET_STD
 from videomae.data.transforms import crop_resize, normalize
-from videomae.loss import IMAGENET_MEAN, IMAGENET_STD
 
 
 def pad_frames(clips: Sequence[torch.Tensor]) -> torch.Tensor:

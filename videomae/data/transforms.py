@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from videomae.loss import IMAGENET_MEAN, IMAGENET_STD
+from videomae.constants import IMAGENET_MEAN, IMAGENET_STD
 
 PRETRAIN_SCALES = (1.0, 0.875, 0.75, 0.66)
 

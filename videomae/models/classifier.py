@@ -50,11 +50,9 @@ class VisionTransformer(nn.Module):
         use_learnable_pos_emb: bool = False,
         grad_checkpointing: bool = False,
         use_checkpoint: bool | None = None,
-        fused: bool | None = None,
     ):
         super().__init__()
-        # `use_checkpoint`: the official name of grad_checkpointing; `fused` is accepted for older callers and
-        # ignored (every token is embedded: conv3d, no fused op applies).
+        # `use_checkpoint`: the official name of grad_checkpointing.
         grad_checkpointing = grad_checkpointing or bool(use_checkpoint)
         self.num_classes = num_classes
         self.patch_embed = CubeEmbed(patch_size, tubelet_size, in_chans, embed_dim)
