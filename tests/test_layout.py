@@ -28,9 +28,11 @@ def test_a_checkout_on_the_path_never_owns_the_top_level_kernels_name():
     origin = _run("import importlib.util as u; s = u.find_spec('kernels'); "
                   "print(s.origin if s is not None and s.origin else list(s.submodule_search_locations) if s else '')",
                   ROOT)
-    # Either the PyPI package (installed: it wins), or only our folder as a namespace portion, never a module.
-    assert origin.endswith("__init__.py") and Path(origin).parent != ROOT / "kernels" or origin in ("", str([str(
-        ROOT / "kernels")]))
+    ours = ROOT / "kernels"
+    if origin.endswith("__init__.py"):
+        assert Path(origin).parent != ours  # the PyPI package is installed, and it wins
+    else:
+        assert origin in ("", str([str(ours)]))  # at most our folder as a namespace portion, never a module
 
 
 def test_setup_installs_the_folder_inside_the_package():
