@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from videomae.loss import IMAGENET_MEAN, IMAGENET_STD
+from videomae.constants import IMAGENET_MEAN, IMAGENET_STD
 from videomae.train.optim import param_groups
 
 
@@ -38,27 +38,7 @@ def _adamw(net: torch.nn.Module, fused: bool) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=1.5e-4, betas=(0.9, 0.95), fused=fused or None)
 
 
-def _pypi_kernels_first() -> None:
-    """Import the PyPI package `kernels` (Hugging Face's hub kernels), when installed, before transformers does.
-
-    From a checkout the repo root is on sys.path (`python -m`, `python bench/x.py`, pytest's pythonpath), and its
-    top-level `kernels/` folder (ours, installed as `videomae.kernels`) would shadow that package: transformers,
-    which imports it whenever it is installed, then fails (`cannot import name 'CUDAProperties' from 'kernels'`)."""
-    if "kernels" in sys.modules:
-        return
-    root = Path(__file__).resolve().parents[1]
-    saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
-    try:
-        import kernels  # noqa: F401  (the PyPI package, cached in sys.modules for transformers)
-    except ImportError:
-        pass  # not installed: transformers does not look for it
-    finally:
-        sys.path[:] = saved
-
-
 def build_hf(reference, frames: int, size: int, device: torch.device):
-    _pypi_kernels_first()
     from transformers import VideoMAEConfig, VideoMAEForPreTraining
 
     s = sizes(reference)

@@ -164,7 +164,7 @@ def build_ours(spec: dict, device: torch.device, inputs: list):
     q = torch.empty(spec["batch"], a.num_heads, tokens, a.proj.in_features // a.num_heads, device=device,
                     dtype=precision.dtype)
     frames, boxes, _ = inputs[0]
-    extra = {"precision": config.precision, "attention": attention.select_backend(q, q, q).name,
+    extra = {"precision": config.precision, "attention": attention.select_backend(q, q, q, name=config.attention).name,
              "switches": config.as_dict(), "clip_dtype": str(videos.dtype).removeprefix("torch."),
              "input": "uint8 crops in pinned host memory -> DeviceFeed (side-stream copy, batched crop + resize), "
                       "timed inside the step",

@@ -235,7 +235,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cube_embed_cuda_backward(const Tensor
   if (need_bias) gb = column_sum(gy.data_ptr(), a.w_dtype, M, M, 0, a.D, grad, stream);
   if (need_pos) {
     gp = empty_f32(grad, {a.N, a.D});
-    videomae::scatter_rows_sum(gy.data_ptr(), a.w_dtype, a.n_vis * a.D, inv.data_ptr<int32_t>(), g.B, a.N, a.D,
+    videomae::scatter_rows_sum(gy.data_ptr(), a.w_dtype, a.n_vis * a.D, a.n_vis, inv.data_ptr<int32_t>(), g.B, a.N, a.D,
                                false, gp.data_ptr<float>(), stream);
   }
   if (need_videos) {
@@ -303,8 +303,9 @@ std::tuple<Tensor, Tensor, Tensor> decoder_input_cuda_backward(const Tensor& gra
     videomae::inverse_index(visible.data_ptr<int64_t>(), B, N, n_vis, inv_vis, stream);
     videomae::inverse_index(decoded.data_ptr<int64_t>(), B, N, n_dec, inv_dec, stream);
     gp = empty_f32(g, {N, D});
-    videomae::scatter_rows_sum(g.data_ptr(), g_dtype, rows * D, inv_vis, B, N, D, false, gp.data_ptr<float>(), stream);
-    videomae::scatter_rows_sum(row_ptr(g, n_vis * D), g_dtype, rows * D, inv_dec, B, N, D, true,
+    videomae::scatter_rows_sum(g.data_ptr(), g_dtype, rows * D, n_vis, inv_vis, B, N, D, false, gp.data_ptr<float>(),
+                               stream);
+    videomae::scatter_rows_sum(row_ptr(g, n_vis * D), g_dtype, rows * D, n_dec, inv_dec, B, N, D, true,
                                gp.data_ptr<float>(), stream);
   }
   return {gx, gm, gp};

@@ -23,15 +23,16 @@ __global__ void inverse_index_kernel(const int64_t* __restrict__ ids, int64_t B,
   }
 }
 
+// A row index outside [0, rows) (none from inverse_index) reads nothing.
 __global__ void scatter_rows_sum_kernel(const void* __restrict__ g, DType g_dtype, int64_t g_batch_stride,
-                                        const int32_t* __restrict__ inv, int64_t B, int64_t N, int64_t D,
-                                        bool accumulate, float* __restrict__ out) {
+                                        int64_t rows, const int32_t* __restrict__ inv, int64_t B, int64_t N,
+                                        int64_t D, bool accumulate, float* __restrict__ out) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < N * D; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t n = i / D, d = i - n * D;
     float s = accumulate ? out[i] : 0.f;
     for (int64_t b = 0; b < B; ++b) {  // batch order fixed: deterministic
       const int32_t r = inv[b * N + n];
-      if (r >= 0) {
+      if (r >= 0 && r < rows) {
         float v[1];
         load_f32<1>(g, g_dtype, b * g_batch_stride + r * D + d, v);
         s += v[0];
@@ -92,10 +93,10 @@ void inverse_index(const int64_t* ids, int64_t B, int64_t N, int64_t n_sel, int3
   check_launch("inverse_index");
 }
 
-void scatter_rows_sum(const void* g, DType g_dtype, int64_t g_batch_stride, const int32_t* inv, int64_t B, int64_t N,
-                      int64_t D, bool accumulate, float* out, cudaStream_t stream) {
+void scatter_rows_sum(const void* g, DType g_dtype, int64_t g_batch_stride, int64_t rows, const int32_t* inv,
+                      int64_t B, int64_t N, int64_t D, bool accumulate, float* out, cudaStream_t stream) {
   if (N * D == 0) return;
-  scatter_rows_sum_kernel<<<grid_for(N * D, 256), 256, 0, stream>>>(g, g_dtype, g_batch_stride, inv, B, N, D,
+  scatter_rows_sum_kernel<<<grid_for(N * D, 256), 256, 0, stream>>>(g, g_dtype, g_batch_stride, rows, inv, B, N, D,
                                                                      accumulate, out);
   check_launch("scatter_rows_sum");
 }

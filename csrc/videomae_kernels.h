@@ -40,12 +40,15 @@ struct ChannelAffine {
 // ---- token_index.cu: the inverse of a token-id table, and the deterministic reductions shared by the backward
 // passes. Token ids are int64 [B, n_sel], raster order; an id outside [0, N) is skipped by every kernel (it reads and
 // writes nothing: its output row gets zeros, its pos term is 0, its loss weight is 0), so a bad id can never reach
-// memory out of bounds. masking.token_ids makes ids in range and distinct; the kernels do not report bad ones.
+// memory out of bounds. masking.TokenIds are validated in range and distinct on the CPU; the kernels do not report
+// bad ones. A duplicated id (refused by that validation) stays in bounds too: the inverse map keeps one of its rows
+// (which one is unspecified), so the backward passes that go through it count that row only.
 // inv[b, n] = r where ids[b, r] == n, -1 for tokens not listed (one writer per token for ids without duplicates).
 void inverse_index(const int64_t* ids, int64_t B, int64_t N, int64_t n_sel, int32_t* inv, cudaStream_t stream);
-// out[n, d] (+)= sum over b, in order, of g[b*g_batch_stride + inv[b, n]*D + d] where inv[b, n] >= 0 (fp32 out).
-void scatter_rows_sum(const void* g, DType g_dtype, int64_t g_batch_stride, const int32_t* inv, int64_t B, int64_t N,
-                      int64_t D, bool accumulate, float* out, cudaStream_t stream);
+// out[n, d] (+)= sum over b, in order, of g[b*g_batch_stride + inv[b, n]*D + d] where 0 <= inv[b, n] < rows (fp32
+// out): g holds `rows` rows of D per sample.
+void scatter_rows_sum(const void* g, DType g_dtype, int64_t g_batch_stride, int64_t rows, const int32_t* inv,
+                      int64_t B, int64_t N, int64_t D, bool accumulate, float* out, cudaStream_t stream);
 // Column sums of rows r = b*rows_per_batch + j at g + b*batch_stride + j*D: out[d] in fp32, fixed summation
 // order (two stages through `partial`, sized by col_sum_partial_size). No atomics.
 int64_t col_sum_partial_size(int64_t rows, int64_t D);

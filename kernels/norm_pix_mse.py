@@ -5,6 +5,7 @@ Target of a cube, values in pred's order (p = (dt, dy, dx), channel fastest):
 - videomae: pixels x*std + mean (or x/255 for uint8); per channel `(x - mu) / (std_unbiased + 1e-6)`.
 - mae_st:   the normalized input; jointly over the cube `(x - mu) / sqrt(var_unbiased + 1e-6)`.
 - without normalization: the pixels as above.
+A token id outside [0, N) reads no pixel (its target is zeros); `loss_weights` gives it weight 0.
 """
 
 import torch
@@ -19,12 +20,14 @@ from ._common import cube_offsets, launcher
 @triton.jit
 def _norm_pix_mse_kernel(
     pred, video, tokens, mean, std, weight, grad_loss, out,
-    ND, sB, sC, sT, sH, sW, GH, GW,
+    ND, N, sB, sC, sT, sH, sW, GH, GW,
     C: tl.constexpr, TUB: tl.constexpr, P: tl.constexpr, MAE_ST: tl.constexpr, NORMALIZE: tl.constexpr,
     IS_UINT8: tl.constexpr, BACKWARD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     row = tl.program_id(0)  # b * N_dec + j
     tok = tl.load(tokens + row)
+    real = (tok >= 0) & (tok < N)
+    tok = tl.where(real, tok, 0)  # an id outside [0, N): no pixel read, and addresses inside the clip
     base = cube_offsets(tok, row // ND, sB, sT, sH, sW, GH, GW, TUB, P)
     PP: tl.constexpr = TUB * P * P
     rp = tl.arange(0, BLOCK_P)
@@ -33,7 +36,7 @@ def _norm_pix_mse_kernel(
     c_ok = rc < C
     ok = p_ok[:, None] & c_ok[None, :]
     off = (rp // (P * P)) * sT + ((rp // P) % P) * sH + (rp % P) * sW
-    x = tl.load(video + base + off[:, None] + rc[None, :] * sC, mask=ok, other=0).to(tl.float32)
+    x = tl.load(video + base + off[:, None] + rc[None, :] * sC, mask=ok & real, other=0).to(tl.float32)
     m = tl.load(mean + rc, mask=c_ok, other=0.0)[None, :]
     s = tl.load(std + rc, mask=c_ok, other=1.0)[None, :]
     if IS_UINT8:
@@ -66,12 +69,12 @@ def _launch(pred, videos, tokens, weight, grad_loss, out, tubelet, patch, normal
     if tokens.numel() == 0:
         return
     b, c = videos.shape[:2]
-    _, gh, gw = videos.shape[2] // tubelet, videos.shape[3] // patch, videos.shape[4] // patch
+    gt, gh, gw = videos.shape[2] // tubelet, videos.shape[3] // patch, videos.shape[4] // patch
     m, s = channel_constants(mean, std, videos.device)
     pp = tubelet * patch * patch
     launcher(_norm_pix_mse_kernel)[(tokens.numel(),)](
         pred, videos, tokens, m, s, weight, weight if grad_loss is None else grad_loss, out, tokens.shape[1],
-        *videos.stride(), gh, gw,
+        gt * gh * gw, *videos.stride(), gh, gw,
         C=c, TUB=tubelet, P=patch, MAE_ST=style == "mae_st", NORMALIZE=normalize,
         IS_UINT8=videos.dtype == torch.uint8, BACKWARD=grad_loss is not None,
         BLOCK_P=triton.next_power_of_2(pp), BLOCK_C=triton.next_power_of_2(c),

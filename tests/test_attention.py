@@ -1,5 +1,5 @@
-"""Attention backends on the CPU: agreement with an fp64 reference, dispatch and its explanations,
-the switch (API and VIDEOMAE_ATTN), the per-shape choice cache, dropout, determinism, torch.compile.
+"""Attention backends on the CPU: agreement with an fp64 reference, dispatch and its explanations, the switch
+(`use_backend(attention=...)` and VIDEOMAE_ATTN), the per-shape choice cache, dropout, determinism, torch.compile.
 CUDA-only backends (flash-attn, cuDNN, efficient, xformers) are checked for their refusal reasons here and
 timed by `videomae.attention_tune` from the benchmark."""
 
@@ -12,6 +12,7 @@ import torch
 
 import videomae.attention as A
 from videomae import attention_tune, dispatch
+from videomae.dispatch import use_backend
 from videomae.layers.attention import Attention
 from videomae.layers.block import Block
 
@@ -87,8 +88,7 @@ def test_dispatch_picks_per_device_dtype_and_dropout():
 @pytest.mark.parametrize("name", ["flash-attn", "sdpa-cudnn", "sdpa-efficient", "xformers"])
 def test_forced_cuda_backend_on_cpu_raises_listing_reasons(name):
     q, k, v = qkv(1, 2, 16, 64)
-    A.set_attention_backend(name)
-    with pytest.raises(A.AttentionNotSupported, match=f"'{name}' cannot run") as e:
+    with use_backend(attention=name), pytest.raises(A.AttentionNotSupported, match=f"'{name}' cannot run") as e:
         A.scaled_dot_product_attention(q, k, v, 0.125)
     assert "device cpu not in ['cuda']" in str(e.value)
 
@@ -105,26 +105,30 @@ def test_wrong_dtype_and_mixed_dtypes_are_reasons():
     q, k, v = qkv(1, 2, 16, 64)
     reasons = A.BACKENDS["sdpa-flash"].reasons(q, k.double(), v)
     assert any("dtypes differ" in r for r in reasons)
-    with pytest.raises(ValueError, match="attention backend must be one of"):
-        A.set_attention_backend("flash3000")
+    with pytest.raises(ValueError, match="attention must be one of"), use_backend(attention="flash3000"):
+        pass
 
 
-def test_switch_by_api_and_context_manager():
+def test_switch_by_context_manager(monkeypatch):
+    monkeypatch.delenv(A.ENV, raising=False)
     q, k, v = qkv(1, 2, 16, 64)
-    A.set_attention_backend("eager")
-    assert A.get_attention_backend() == "eager"
-    assert A.select_backend(q, k, v).name == "eager"
-    with A.use_attention_backend("sdpa_math"):  # underscores accepted
-        assert A.select_backend(q, k, v).name == "sdpa-math"
-    assert A.get_attention_backend() == "eager"
+    with use_backend(attention="eager"):
+        assert dispatch.forced("attention") == "eager"
+        assert A.select_backend(q, k, v).name == "eager"
+        with use_backend(attention="sdpa_math"):  # underscores accepted; a block inside a block
+            assert A.select_backend(q, k, v).name == "sdpa-math"
+        assert dispatch.forced("attention") == "eager"
+    assert dispatch.forced("attention") == "auto" and A.select_backend(q, k, v).name == "sdpa-flash"
+    with pytest.raises(RuntimeError, match="boom"), use_backend(attention="eager"):
+        raise RuntimeError("boom")
+    assert dispatch.forced("attention") == "auto"  # restored when the block raises too
 
 
 def test_switch_by_env_var(monkeypatch):
-    dispatch.set_backend("attention", None)  # nothing set by the API (another test file may have): the env decides
     monkeypatch.setenv(A.ENV, "sdpa-math")
     try:
         mod = importlib.reload(A)
-        assert mod.get_attention_backend() == "sdpa-math"
+        assert dispatch.forced("attention") == "sdpa-math"
         q, k, v = qkv(1, 2, 16, 64)
         assert mod.select_backend(q, k, v).name == "sdpa-math"
         # The layers hold the old module's function object; the switch lives in videomae.dispatch, so it
@@ -135,24 +139,24 @@ def test_switch_by_env_var(monkeypatch):
     finally:
         monkeypatch.delenv(A.ENV)
         importlib.reload(A)
-    assert A.get_attention_backend() == "auto"
+    assert dispatch.forced("attention") == "auto"
 
 
 def test_dropout_path_shapes_and_randomness():
     q, k, v = qkv(2, 3, 50, 32)
     for name in ("eager", "sdpa-math", "auto"):
-        A.set_attention_backend(name)
-        torch.manual_seed(0)
-        a = A.scaled_dot_product_attention(q, k, v, 0.2, dropout_p=0.5)
-        torch.manual_seed(1)
-        b = A.scaled_dot_product_attention(q, k, v, 0.2, dropout_p=0.5)
+        with use_backend(attention=name):
+            torch.manual_seed(0)
+            a = A.scaled_dot_product_attention(q, k, v, 0.2, dropout_p=0.5)
+            torch.manual_seed(1)
+            b = A.scaled_dot_product_attention(q, k, v, 0.2, dropout_p=0.5)
         assert a.shape == q.shape and torch.isfinite(a).all()
         assert not torch.equal(a, b)  # different seeds drop different weights
     # Expected value is preserved: the mean over many dropout draws approaches the no-dropout output.
-    A.set_attention_backend("sdpa-math")
     torch.manual_seed(0)
     q, k, v = (t[:1, :1, :20] for t in (q, k, v))
-    mean = torch.stack([A.scaled_dot_product_attention(q, k, v, 0.2, dropout_p=0.3) for _ in range(400)]).mean(0)
+    with use_backend(attention="sdpa-math"):
+        mean = torch.stack([A.scaled_dot_product_attention(q, k, v, 0.2, dropout_p=0.3) for _ in range(400)]).mean(0)
     assert rel(mean, A.eager_attention(q, k, v, 0.2).double()) < 0.05
 
 
@@ -169,11 +173,11 @@ def test_attention_layer_same_under_every_backend():
     torch.nn.init.normal_(layer.q_bias)
     torch.nn.init.normal_(layer.v_bias)
     x = torch.randn(2, 33, 64)
-    A.set_attention_backend("eager")
-    ref = layer(x)
+    with use_backend(attention="eager"):
+        ref = layer(x)
     for name in ("sdpa-math", "sdpa-flash", "auto", "sdpa"):
-        A.set_attention_backend(name)
-        torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-6)
+        with use_backend(attention=name):
+            torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_torch_compile_fullgraph():
@@ -181,11 +185,11 @@ def test_torch_compile_fullgraph():
     torch.manual_seed(0)
     layer = Attention(64, 4).eval()
     x = torch.randn(2, 40, 64)
-    A.set_attention_backend("eager")
-    ref = layer(x)
-    A.set_attention_backend("auto")
-    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(compiled(x), ref, rtol=1e-5, atol=1e-6)
+    with use_backend(attention="eager"):
+        ref = layer(x)
+    with use_backend(attention="auto"):
+        compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(x), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_block_compiles_fullgraph_with_zero_graph_breaks():
@@ -219,8 +223,8 @@ def test_compiled_choice_is_a_constant_until_the_switch_changes():
     assert len(graphs) == 1
     ran = lambda gm: {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}  # noqa: E731
     assert any("scaled_dot_product" in t for t in ran(graphs[0]))  # auto on CPU: the SDPA flash kernel
-    A.set_attention_backend("eager")
-    torch.testing.assert_close(compiled(x), block(x), rtol=1e-5, atol=1e-6)
+    with use_backend(attention="eager"):
+        torch.testing.assert_close(compiled(x), block(x), rtol=1e-5, atol=1e-6)
     assert len(graphs) == 2 and not any("scaled_dot_product" in t for t in ran(graphs[1]))
 
 
@@ -253,15 +257,14 @@ def test_auto_choice_is_cached_per_shape_dtype_and_dropout():
 def test_cache_is_invalidated_by_the_switch_and_the_table():
     q, k, v = qkv(1, 2, 16, 64)
     assert A.select_backend(q, k, v).name == "sdpa-flash"
-    A.set_attention_backend("eager")
-    assert dispatch.cache_info()["size"] == 0
-    assert A.select_backend(q, k, v).name == "eager"
-    with A.use_attention_backend("sdpa-math"):
+    with use_backend(attention="eager"):
         assert dispatch.cache_info()["size"] == 0
-        assert A.select_backend(q, k, v).name == "sdpa-math"
-    assert dispatch.cache_info()["size"] == 0
-    assert A.select_backend(q, k, v).name == "eager"
-    A.set_attention_backend("auto")
+        assert A.select_backend(q, k, v).name == "eager"
+        with use_backend(attention="sdpa-math"):
+            assert dispatch.cache_info()["size"] == 0
+            assert A.select_backend(q, k, v).name == "sdpa-math"
+        assert dispatch.cache_info()["size"] == 0
+        assert A.select_backend(q, k, v).name == "eager"
     assert A.select_backend(q, k, v).name == "sdpa-flash"
     dispatch.set_priority(dispatch.priority_key("attention", {"q": q}), ["eager", "sdpa-flash"])
     assert A.select_backend(q, k, v).name == "eager"  # a freshly installed order takes effect at once
@@ -269,12 +272,11 @@ def test_cache_is_invalidated_by_the_switch_and_the_table():
 
 def test_env_var_read_at_each_call_and_explicit_switch_wins(monkeypatch):
     q, k, v = qkv(1, 2, 16, 64)
-    dispatch.set_backend("attention", None)  # nothing set by the API: the env var decides
     monkeypatch.setenv(A.ENV, "eager")
-    assert A.get_attention_backend() == "eager" and A.select_backend(q, k, v).name == "eager"
+    assert dispatch.forced("attention") == "eager" and A.select_backend(q, k, v).name == "eager"
     monkeypatch.setenv(A.ENV, "SDPA_Math")
     assert A.select_backend(q, k, v).name == "sdpa-math"
-    with A.use_attention_backend("sdpa-flash"):
+    with use_backend(attention="sdpa-flash"):
         assert A.select_backend(q, k, v).name == "sdpa-flash"
     assert A.select_backend(q, k, v).name == "sdpa-math"
     monkeypatch.setenv(A.ENV, "flash3000")
@@ -300,7 +302,7 @@ def test_forward_path_does_not_import_the_tuner():
             "Block(32, 2)(torch.randn(1, 5, 32)); print('videomae.attention_tune' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-    assert A.tune is attention_tune.tune  # still reachable from the old place, lazily
+    assert not hasattr(A, "tune")  # no forwarding shim: the timers live in attention_tune only
 
 
 def test_tune_installs_measured_order():

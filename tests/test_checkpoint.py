@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import videomae
+from videomae.dispatch import use_backend
 from videomae.layers import sinusoid_table
 from videomae.layers.pos_embed import resize_pos_embed
 from videomae.masking import tube_mask
@@ -21,8 +22,8 @@ from videomae.masking import tube_mask
 D, HEADS, DEPTH, DD, DHEADS = 32, 2, 2, 16, 2  # encoder / decoder width, heads; 1 decoder block
 GRID = (2, 2, 2)  # 4 frames of 32x32 in 2x16x16 cubes
 TINY = dict(img_size=32, num_frames=4, patch_size=16, encoder_embed_dim=D, encoder_depth=DEPTH,
-            encoder_num_heads=HEADS, decoder_embed_dim=DD, decoder_depth=1, decoder_num_heads=DHEADS, fused=False)
-TINY_CLS = dict(img_size=32, num_frames=4, patch_size=16, embed_dim=D, depth=DEPTH, num_heads=HEADS, fused=False)
+            encoder_num_heads=HEADS, decoder_embed_dim=DD, decoder_depth=1, decoder_num_heads=DHEADS)
+TINY_CLS = dict(img_size=32, num_frames=4, patch_size=16, embed_dim=D, depth=DEPTH, num_heads=HEADS)
 
 
 # --------------------------------------------------------------------------
@@ -143,8 +144,8 @@ def classifier(**kw):
 
 @pytest.mark.parametrize("prefix", ["", "module.", "_orig_mod.", "module._orig_mod."])
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-@pytest.mark.parametrize("fused", [False, True])
-def test_official_pretraining_file_gives_official_outputs(tmp_path, prefix, suffix, fused):
+@pytest.mark.parametrize("backend", ["torch", "auto"])  # the eager reference ops and the fused ones
+def test_official_pretraining_file_gives_official_outputs(tmp_path, prefix, suffix, backend):
     sd = official_pretrain_sd()
     path = tmp_path / f"ckpt{suffix}"
     if suffix == ".pth":
@@ -155,11 +156,11 @@ def test_official_pretraining_file_gives_official_outputs(tmp_path, prefix, suff
         from safetensors.torch import save_file
 
         save_file({prefix + k: v.contiguous() for k, v in sd.items()}, str(path))
-    model = pretrain(fused=fused).eval()
+    model = pretrain().eval()
     report = videomae.load_checkpoint(model, path, strict=True)
     assert report.exact and len(report.loaded) == len(sd) and str(path) in str(report)
     videos, mask = _clips(), _mask()
-    with torch.no_grad():
+    with torch.no_grad(), use_backend(backend):
         torch.testing.assert_close(model(videos, mask), ref_pretrain(videos, mask, sd), rtol=1e-5, atol=1e-5)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from videomae.constants import IMAGENET_MEAN, IMAGENET_STD
 from videomae.data import (
     DeviceFeed,
     MaskGenerator,
@@ -17,7 +18,6 @@ from videomae.data import (
     write_synthetic_dataset,
 )
 from videomae.data.transforms import normalize
-from videomae.loss import IMAGENET_MEAN, IMAGENET_STD
 
 T, S = 8, 32  # clip frames, crop size: token grid (4, 2, 2) = 16 tokens
 

@@ -22,6 +22,7 @@ from videomae.data.synth import (
     ssm_clips,
     write_synthetic_dataset,
 )
+from videomae.data.synth_motion import MOTION_CLASSES, RATE, motion_clip, motion_clips, render_motion_clip
 from videomae.data.synth_tiles import TILES_CLASSES, render_tiles_clip, tile_background, tiles_clips
 
 
@@ -135,7 +136,7 @@ def loo_nearest_centroid(features, labels):
         mu = features[keep].mean(0)
         sd = features[keep].std(0) + 1e-9
         z = (features - mu) / sd
-        centroids = np.stack([z[keep & (labels == c)].mean(0) for c in range(len(CLASSES))])
+        centroids = np.stack([z[keep & (labels == c)].mean(0) for c in range(labels.max() + 1)])
         hits += int(np.argmin(((centroids - z[i]) ** 2).sum(1)) == labels[i])
     return hits / len(labels)
 
@@ -315,3 +316,83 @@ def test_tiles_dataset_files(tmp_path):
                                   tiles_clips(1, 2, 4, 32)[0][1])
     with pytest.raises(ValueError, match="label"):
         render_tiles_clip(4, 2, 32, np.random.default_rng(0))
+
+
+# ---------------------------------------------------------------- style "motion", the study's data: several textured
+# objects drift together over a static textured background; their direction is the class. Checked on the pixels with
+# estimators of their own: the background is each pixel's median over time (the objects keep moving), the objects
+# are what differs from it, and their displacement is the peak of the circular cross-correlation of consecutive
+# object maps.
+
+
+def _xcorr_shift(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
+    """Integer (dy, dx) on the torus that best maps `a` onto `b` (circular cross-correlation), zero shift excluded."""
+    a, b = a - a.mean(), b - b.mean()
+    c = np.fft.ifft2(np.fft.fft2(b) * np.conj(np.fft.fft2(a))).real
+    c[0, 0] = -np.inf
+    dy, dx = np.unravel_index(np.argmax(c), c.shape)
+    h, w = a.shape
+    return (dy + h // 2) % h - h // 2, (dx + w // 2) % w - w // 2
+
+
+def _object_steps(clip: np.ndarray) -> np.ndarray:
+    """[T-1, 2] displacement (dy, dx) of the moving objects between consecutive frames, in px."""
+    grey = clip.astype(np.float64).mean(-1)
+    objects = np.abs(grey - np.median(grey, axis=0))  # the static background cancels
+    return np.array([_xcorr_shift(objects[t], objects[t + 1]) for t in range(len(clip) - 1)])
+
+
+def test_motion_moves_2_to_4_px_per_sampled_frame_in_the_class_direction():
+    clips, labels = motion_clips(0, 80, 8, 32, seed=11)
+    assert labels.tolist() == [i % 4 for i in range(80)] and RATE == 4
+    expect = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
+    all_steps, hits = [], 0
+    for clip, label in zip(clips, labels, strict=True):
+        steps = _object_steps(clip)
+        all_steps.append(np.abs(steps).max(1))
+        dy, dx = np.median(steps, 0)
+        # The trivial estimator: the sign of the median displacement along its larger axis.
+        guess = (0, int(np.sign(dx))) if abs(dx) > abs(dy) else (int(np.sign(dy)), 0)
+        hits += guess == expect[MOTION_CLASSES[label]]
+        assert 2 <= np.abs(steps).max(1).mean() <= 4, steps  # 0.5-1 px per rendered frame, every 4th kept
+    step = np.concatenate(all_steps)
+    assert hits == len(clips)  # the class is recoverable from the displacement alone
+    assert np.mean((step >= 2) & (step <= 4)) >= 0.95, np.bincount(step)  # the rest: objects passing each other
+
+
+def test_motion_background_is_textured_not_flat_nor_a_ramp():
+    clips, _ = motion_clips(1, 40, 8, 32, seed=12)
+    yy, xx = np.mgrid[0:32, 0:32]
+    plane = np.stack([np.ones(32 * 32), yy.ravel(), xx.ravel()], 1)
+    for clip in clips:
+        bg = np.median(clip.astype(np.float64), axis=0).mean(-1)  # [H, W] grey, objects removed
+        coef, *_ = np.linalg.lstsq(plane, bg.ravel(), rcond=None)
+        residual = bg.ravel() - plane @ coef
+        assert residual.std() > 8, residual.std()  # 0..255 levels: far from a (linear) ramp
+        # Fine texture: neighbouring pixels differ by several levels (the "smooth" style: under 2, tested above).
+        assert np.median(np.abs(np.diff(bg, axis=1))) > 2.5
+
+
+def test_motion_first_frame_carries_no_class():
+    clips, labels = motion_clips(2, 96, 8, 32, seed=13)
+    static_acc = loo_nearest_centroid(np.stack([first_frame_features(x) for x in clips]), labels)
+    assert static_acc <= 0.4, static_acc  # chance 0.25 (96 clips: one SD is about 0.045)
+
+
+def test_motion_dataset_files_and_cli(tmp_path):
+    import subprocess
+    import sys
+
+    paths = write_synthetic_dataset(tmp_path / "m", num_train=4, num_val=2, num_frames=8, size=32, style="motion",
+                                    num_test=2, seed=3)
+    assert paths["classes"].read_text().split() == list(MOTION_CLASSES)
+    assert paths["train"].read_text().splitlines()[1] == "videos/train_00001.npy 1"
+    np.testing.assert_array_equal(np.load(tmp_path / "m" / "videos" / "test_00001.npy"), motion_clip(2, 1, 8, 32, 3)[0])
+    np.testing.assert_array_equal(motion_clips(0, 3, 8, 32, 3)[0][2], motion_clip(0, 2, 8, 32, 3)[0])  # per clip seeds
+    with pytest.raises(ValueError, match="label"):
+        render_motion_clip(4, 2, 32, np.random.default_rng(0))
+    out = subprocess.run([sys.executable, "-m", "videomae", "data", "synth", "--style", "motion", "--output_dir",
+                          str(tmp_path / "cli"), "--num_train", "4", "--num_val", "0", "--num_test", "1", "--size",
+                          "32", "--num_frames", "8"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert np.load(tmp_path / "cli" / "videos" / "test_00000.npy").shape == (8, 32, 32, 3)

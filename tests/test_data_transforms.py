@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from videomae.constants import IMAGENET_MEAN, IMAGENET_STD
 from videomae.data import transforms as TF
-from videomae.loss import IMAGENET_MEAN, IMAGENET_STD
 
 
 def test_fixed_offsets_hand_computed():
@@ -114,7 +114,7 @@ def test_mixup_targets_follow_lambda():
     b, k = 4, 5
     x = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1, 1).expand(b, 3, 2, 4, 4).clone()
     y = torch.tensor([0, 3, 3, 1])
-    xm, t = TF.mixup_cutmix(x, y, k, np.random.default_rng(3), mixup_alpha=0.8, cutmix_alpha=0.0)
+    xm, t = TF.mixup_cutmix(x.clone(), y, k, np.random.default_rng(3), mixup_alpha=0.8, cutmix_alpha=0.0)
     lam = 1 - xm[0, 0, 0, 0, 0].item() / (b - 1)  # sample 0 = lam * 0 + (1 - lam) * 3
     assert torch.allclose(xm[1], lam * x[1] + (1 - lam) * x[2])
     want = lam * smooth(y.numpy(), k, 0.1) + (1 - lam) * smooth(y.flip(0).numpy(), k, 0.1)
@@ -126,7 +126,7 @@ def test_cutmix_lambda_is_pasted_area():
     k = 3
     x = torch.stack([torch.zeros(3, 2, 16, 16), torch.ones(3, 2, 16, 16)])
     for seed in range(5):
-        xm, t = TF.mixup_cutmix(x, torch.tensor([0, 2]), k, np.random.default_rng(seed), mixup_alpha=0.0,
+        xm, t = TF.mixup_cutmix(x.clone(), torch.tensor([0, 2]), k, np.random.default_rng(seed), mixup_alpha=0.0,
                                 cutmix_alpha=1.0, smoothing=0.0)
         kept = 1 - xm[0].mean().item()  # sample 0 was zeros: the pasted part is ones
         assert torch.equal(xm[0, 0, 0], xm[0, 2, 1])  # the same box in every channel and frame
@@ -137,7 +137,71 @@ def test_mixup_rejects_odd_batch_and_prob_zero_is_plain_smoothing():
     with pytest.raises(ValueError, match="even"):
         TF.mixup_cutmix(torch.zeros(3, 3, 2, 4, 4), torch.zeros(3, dtype=torch.long), 2, np.random.default_rng(0))
     x = torch.randn(2, 3, 2, 4, 4)
-    xm, t = TF.mixup_cutmix(x, torch.tensor([1, 0]), 4, np.random.default_rng(0), prob=0.0)
+    xm, t = TF.mixup_cutmix(x.clone(), torch.tensor([1, 0]), 4, np.random.default_rng(0), prob=0.0)
     assert torch.equal(xm, x)
     np.testing.assert_allclose(t.numpy(), smooth(np.array([1, 0]), 4, 0.1), rtol=1e-6)
     assert math.isclose(t[0, 1].item(), 0.925, rel_tol=1e-6)  # 1 - 0.1 + 0.1/4
+
+
+def test_mixing_is_a_pure_function_of_rng_and_leaves_the_global_generators_alone():
+    import random
+
+    x = torch.randn(4, 3, 2, 8, 8)
+    y = torch.tensor([0, 1, 2, 3])
+    random.seed(11)
+    np.random.seed(11)  # noqa: NPY002  (the caller's global state, which must survive)
+    before = random.random(), np.random.rand()  # noqa: NPY002
+    random.seed(11)
+    np.random.seed(11)  # noqa: NPY002
+    runs = [TF.mixup_cutmix(x.clone(), y, 4, np.random.default_rng(s)) for s in (5, 5, 6)]
+    assert (random.random(), np.random.rand()) == before  # noqa: NPY002
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert not torch.equal(runs[0][1], runs[2][1])
+
+
+def _official_v1_mixup():
+    """MCG-NJU/VideoMAE's mixup.py from the git-ignored checkout ($VIDEOMAE_OFFICIAL, default
+    third_party/VideoMAE); the test is skipped without it."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    path = Path(os.environ.get("VIDEOMAE_OFFICIAL") or Path(__file__).resolve().parents[1] / "third_party" /
+                "VideoMAE") / "mixup.py"
+    if not path.exists():
+        pytest.skip(f"no official checkout ({path} missing)")
+    spec = importlib.util.spec_from_file_location("official_mixup", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mixup_cutmix_equals_the_official_v1_mixup():
+    """The official fine-tuning recipe (mixup 0.8, cutmix 1.0, switch 0.5, smoothing 0.1) through the official
+    V1 code, with numpy's global generator seeded as ours is for the call: the same clips and targets."""
+    official = _official_v1_mixup().Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5,
+                                          mode="batch", label_smoothing=0.1, num_classes=7)
+    x = torch.randn(6, 3, 4, 16, 24)
+    y = torch.tensor([0, 6, 3, 3, 1, 2])
+    cut = 0
+    for s in range(24):
+        ours = TF.mixup_cutmix(x.clone(), y, 7, np.random.default_rng(s))
+        np.random.seed(int(np.random.default_rng(s).integers(2**32)))  # noqa: NPY002  (the one draw ours makes)
+        want = official(x.clone(), y)
+        assert torch.equal(ours[0], want[0]) and torch.allclose(ours[1], want[1], rtol=0, atol=1e-7)
+        cut += bool((ours[0] == x).any())  # a cutmix batch keeps part of each clip exactly
+    assert 0 < cut < 24  # both branches ran
+
+
+def test_timm_cutmix_box_is_not_the_official_one():
+    """Why mixup_cutmix stays ours (its docstring): for an odd cut side timm's box is one pixel longer than the
+    official `cy +- cut // 2`. If this fails, timm agrees with the official code again and can replace ours."""
+    from timm.data.mixup import rand_bbox
+
+    lam = 0.6  # cut side int(224 * sqrt(0.4)) = 141, odd
+    np.random.seed(3)  # noqa: NPY002  (timm draws from the global generator)
+    yl, yh, xl, xh = rand_bbox((1, 48, 224, 224), lam)
+    np.random.seed(3)  # noqa: NPY002
+    cy, cx = np.random.randint(0, 224), np.random.randint(0, 224)  # noqa: NPY002
+    assert 70 <= min(cy, cx) and max(cy, cx) + 71 <= 224  # the box is inside: no clipping hides the difference
+    assert (yh - yl, xh - xl) == (141, 141)  # the official box spans cy - 70 .. cy + 70: 140

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import videomae  # noqa: E402
 from bench.flops import PretrainShape, clip_flops, pretrain_flops, shape_for, tokens  # noqa: E402
-from videomae import attention  # noqa: E402
+from videomae.dispatch import use_backend  # noqa: E402
 
 
 def test_vit_b_matches_guide():
@@ -76,8 +76,6 @@ def test_matches_torch_flop_counter_forward_and_backward():
     not approximate. The fused cube_embed embeds only the visible cubes (`embed_all=False`)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from videomae import ops
-
     torch.manual_seed(0)
     model = videomae.create_model("pretrain_videomae_tiny_patch16_224", num_frames=4, img_size=64)
     s = PretrainShape(192, 2, 768, 96, 1, 384, 16, 2, 3)
@@ -86,7 +84,7 @@ def test_matches_torch_flop_counter_forward_and_backward():
     ids = videomae.masking.token_ids(videomae.masking.tube_mask(2, (2, 4, 4), 0.75))
     custom = {torch.ops.videomae.cube_embed_torch: _cube_embed_flops,
               torch.ops.videomae.cube_embed_torch_backward: _cube_embed_backward_flops}
-    with ops.use_backend("torch"), attention.use_attention_backend("eager"):
+    with use_backend("torch", attention="eager"):
         with FlopCounterMode(display=False, custom_mapping=custom) as fwd_count:
             pred = model(videos, ids)
         with FlopCounterMode(display=False, custom_mapping=custom) as all_count:

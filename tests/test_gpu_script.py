@@ -179,24 +179,6 @@ def test_bad_arguments_are_named(tmp_path, args, message):
     assert not (tmp_path / "results" / "gpu_steps.json").exists()
 
 
-def test_rehearsed_op_benchmark_writes_rows_with_provenance(tmp_path):
-    """The op benchmark's real code path at the rehearsal's tiny shape (torch backend and eager reference)."""
-    env = {**os.environ, "BENCH_RESULTS": str(tmp_path / "results"), "OUT": str(tmp_path / "out")}
-    cmd = [sys.executable, "-m", "bench.ops.bench_decoder_input", "--rehearse", "--impls", "torch,eager"]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr
-    written = rows(tmp_path / "out" / "ops.json")
-    assert written[0]["op"] == "copy" and written[0]["gbps"] > 0
-    timed = written[1:]
-    assert sorted((r["impl"], r["mode"]) for r in timed) == sorted(
-        (i, m) for i in ("torch", "eager") for m in ("forward", "backward", "both"))
-    for r in timed:
-        assert PROVENANCE <= set(r) and r["backend"] == r["impl"] and r["tf32"] is False
-        assert r["status"] == "ok" and r["bytes"] > 0 and r["median_ms"] > 0 and r["floor_ms"] > 0
-        assert r["torch"] == torch.__version__ and r["device"].startswith("cpu")
-    assert all(r["speedup_vs_eager"] is not None for r in timed)
-
-
 def test_smoke_fails_a_backend_that_is_off_by_a_tenth_of_a_percent(monkeypatch):
     """The smoke's bound (tests/tolerances.py's rule against the fp64 oracle) passes the torch backend and fails
     the same backend with its loss scaled by 1.001."""

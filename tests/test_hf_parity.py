@@ -5,6 +5,7 @@ import torch
 
 import videomae
 from videomae.checkpoint import from_pretrained, model_from_hf_config
+from videomae.dispatch import use_backend
 from videomae.interop.hf import official_to_hf
 from videomae.masking import tube_mask
 
@@ -69,18 +70,18 @@ def hf_pretrain(norm_pix_loss=True, **kw):
 
 @pytest.mark.parametrize("layout", ["new", "old"])
 @pytest.mark.parametrize("norm_pix_loss", [True, False])
-@pytest.mark.parametrize("fused", [False, True])
-def test_pretraining_predictions_and_loss_match_transformers(layout, norm_pix_loss, fused):
+@pytest.mark.parametrize("backend", ["torch", "auto"])  # the eager reference ops and the fused ones
+def test_pretraining_predictions_and_loss_match_transformers(layout, norm_pix_loss, backend):
     hf = hf_pretrain(norm_pix_loss)
     sd = _layout(hf.state_dict(), layout)
     assert any(k.endswith("q_bias" if layout == "old" else "query.bias") for k in sd)
-    ours = model_from_hf_config(hf.config, task="pretrain", fused=fused).eval()
+    ours = model_from_hf_config(hf.config, task="pretrain").eval()
     report = videomae.load_checkpoint(ours, sd, strict=True)
     assert report.layout == "hf" and report.exact and not report.missing and not report.unexpected
 
     clips = _clips()
     mask = tube_mask(2, (2, 2, 2), 0.5, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
+    with torch.no_grad(), use_backend(backend):
         want = hf(clips, bool_masked_pos=mask)
         videos = _ours(clips)
         pred = ours(videos, mask)
@@ -93,7 +94,7 @@ def test_pretraining_predictions_and_loss_match_transformers(layout, norm_pix_lo
 def test_decoder_norm_eps_is_hfs_fixed_1e5_not_layer_norm_eps():
     # A large config eps changes every block's output, so only the right eps per norm matches HF.
     hf = hf_pretrain(layer_norm_eps=0.1)
-    ours = model_from_hf_config(hf.config, task="pretrain", fused=False).eval()
+    ours = model_from_hf_config(hf.config, task="pretrain").eval()
     videomae.load_checkpoint(ours, hf.state_dict(), strict=True)
     assert ours.decoder.norm.eps == 1e-5 and ours.decoder.blocks[0].norm1.eps == 0.1
     clips = _clips(seed=5)
@@ -130,13 +131,13 @@ def test_hf_pretrained_encoder_fine_tunes_into_our_classifier():
 @pytest.mark.parametrize("layout", ["new", "old"])
 def test_export_to_hf_and_back(layout):
     hf = hf_pretrain()
-    ours = model_from_hf_config(hf.config, task="pretrain", fused=False).eval()
+    ours = model_from_hf_config(hf.config, task="pretrain").eval()
     _randomize(ours, 7)
     exported = official_to_hf(ours.state_dict(), layout=layout)
     native = layout == _native(hf.state_dict())
     if native:
         hf.load_state_dict(exported, strict=True)  # the installed transformers accepts it as its own
-    back = model_from_hf_config(hf.config, task="pretrain", fused=False).eval()
+    back = model_from_hf_config(hf.config, task="pretrain").eval()
     videomae.load_checkpoint(back, exported, strict=True)
     clips = _clips(seed=2)
     mask = tube_mask(2, (2, 2, 2), 0.5, generator=torch.Generator().manual_seed(1))
@@ -158,7 +159,7 @@ def test_mean_pooling_pretraining_config_has_no_encoder_norm_and_matches_transfo
     # transformers' default (use_mean_pooling=True) builds the pretraining encoder without a final LayerNorm.
     hf = hf_pretrain(use_mean_pooling=True)
     assert not any(k.startswith("videomae.layernorm") for k in hf.state_dict())
-    ours = model_from_hf_config(hf.config, task="pretrain", fused=False).eval()
+    ours = model_from_hf_config(hf.config, task="pretrain").eval()
     report = videomae.load_checkpoint(ours, hf.state_dict(), strict=True)
     assert report.exact and not report.missing and not report.unexpected
     clips, mask = _clips(seed=6), tube_mask(2, (2, 2, 2), 0.5, generator=torch.Generator().manual_seed(6))
@@ -169,7 +170,7 @@ def test_mean_pooling_pretraining_config_has_no_encoder_norm_and_matches_transfo
 def test_load_checkpoint_takes_a_hugging_face_folder(tmp_path):
     hf = hf_pretrain()
     hf.save_pretrained(tmp_path)
-    ours = model_from_hf_config(hf.config, task="pretrain", fused=False).eval()
+    ours = model_from_hf_config(hf.config, task="pretrain").eval()
     report = videomae.load_checkpoint(ours, tmp_path, strict=True)
     assert report.layout == "hf" and report.exact
     empty = tmp_path / "empty"
@@ -181,7 +182,7 @@ def test_load_checkpoint_takes_a_hugging_face_folder(tmp_path):
 def test_from_pretrained_folder_written_by_transformers(tmp_path):
     hf = hf_pretrain()
     hf.save_pretrained(tmp_path)
-    ours, report = from_pretrained(tmp_path, fused=False)
+    ours, report = from_pretrained(tmp_path)
     assert isinstance(ours, videomae.PretrainVisionTransformer) and report.exact
     clips, mask = _clips(seed=3), tube_mask(2, (2, 2, 2), 0.5, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import videomae
-from videomae import attention
+from videomae import dispatch
 from videomae.masking import running_cell_mask, token_ids, tube_mask
 from videomae.train import engine
 from videomae.train.engine import (
@@ -67,12 +67,11 @@ def assert_grads_close(grads, ref, tol):
 
 @pytest.fixture(autouse=True)
 def _restore_switches():
-    prev = (attention.get_attention_backend(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+    prev = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
             torch.get_float32_matmul_precision())
     yield
-    attention.set_attention_backend(prev[0])
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev[1], prev[2]
-    torch.set_float32_matmul_precision(prev[3])
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev[0], prev[1]
+    torch.set_float32_matmul_precision(prev[2])
 
 
 # ---------------------------------------------------------------- each switch, the same step
@@ -166,7 +165,9 @@ def test_switches_reach_model_and_optimizer():
     cfg = StepConfig(attention="eager", checkpoint=True, tf32=False)
     engine.apply_config(model, cfg)
     assert model.encoder.grad_checkpointing and model.decoder.grad_checkpointing
-    assert attention.get_attention_backend() == "eager" and not torch.backends.cuda.matmul.allow_tf32
+    with engine.ops_context(cfg):
+        assert dispatch.forced("attention") == "eager"
+    assert not torch.backends.cuda.matmul.allow_tf32
     opt = make_optimizer(model, lr=1e-3, config=cfg)
     assert opt.defaults["fused"] is True
     assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 0.05}

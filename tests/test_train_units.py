@@ -15,7 +15,7 @@ from videomae.train import state as ckpt
 from videomae.train.data import EpochSampler
 from videomae.train.distributed import DistInfo
 from videomae.train.engine import Position, Precision, StepGuard, Trainer, TrainingDiverged
-from videomae.train.optim import build_optimizer, layer_scales, param_groups, vit_layer_id
+from videomae.train.optim import build_optimizer, param_groups
 from videomae.train.schedule import cosine_schedule, scaled_lr
 
 # ---------------------------------------------------------------- schedule
@@ -82,19 +82,57 @@ def test_learnable_pos_embed_gets_no_decay():
     assert "pos_embed" in no_decay
 
 
-def test_layer_decay_ids_and_scales_follow_the_formula():
-    model = _tiny_vit()
-    depth = len(model.blocks)
-    ld = 0.75
-    groups = param_groups(model, weight_decay=0.05, layer_decay=ld)
-    scale_of = {n: g["lr_scale"] for g in groups for n in g["names"]}
-    expected_id = {"patch_embed.proj.weight": 0, "patch_embed.proj.bias": 0, "blocks.0.mlp.fc1.weight": 1,
-                   f"blocks.{depth - 1}.attn.qkv.weight": depth, "fc_norm.weight": depth + 1, "head.weight": depth + 1}
-    for name, layer in expected_id.items():
-        assert vit_layer_id(name, depth) == layer
-        assert scale_of[name] == pytest.approx(ld ** (depth + 1 - layer))
-    assert layer_scales(ld, depth)[-1] == 1.0 and layer_scales(ld, depth)[0] == pytest.approx(ld ** (depth + 1))
-    assert scale_of["head.weight"] == 1.0
+# Official fine-tuning layer decay for the depth-2 tiny ViT at ld 0.75, by hand: scale ld ** (L + 1 - id), L = 2,
+# ids: embedding 0, block i i + 1, fc_norm / head 3; no weight decay on 1-D params and pos_embed.
+LD_SCALE = {0: 0.421875, 1: 0.5625, 2: 0.75, 3: 1.0}
+BLOCK_DECAYS = {"norm1.weight": 0, "norm1.bias": 0, "attn.q_bias": 0, "attn.v_bias": 0, "attn.qkv.weight": 0.05,
+                "attn.proj.weight": 0.05, "attn.proj.bias": 0, "norm2.weight": 0, "norm2.bias": 0,
+                "mlp.fc1.weight": 0.05, "mlp.fc1.bias": 0, "mlp.fc2.weight": 0.05, "mlp.fc2.bias": 0}
+LD_TABLE = {
+    "pos_embed": (LD_SCALE[0], 0), "patch_embed.proj.weight": (LD_SCALE[0], 0.05),
+    "patch_embed.proj.bias": (LD_SCALE[0], 0),
+    **{f"blocks.{i}.{k}": (LD_SCALE[i + 1], wd) for i in range(2) for k, wd in BLOCK_DECAYS.items()},
+    "fc_norm.weight": (1.0, 0), "fc_norm.bias": (1.0, 0), "head.weight": (1.0, 0.05), "head.bias": (1.0, 0),
+}
+
+
+def _table(groups, model) -> dict:
+    """-> {parameter name: (lr_scale, weight_decay)} of optimizer groups."""
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    return {name_of[id(p)]: (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
+
+
+def test_layer_decay_groups_equal_the_hand_computed_official_table():
+    model = _tiny_vit(use_learnable_pos_emb=True)
+    groups = param_groups(model, weight_decay=0.05, layer_decay=0.75)
+    assert _table(groups, model) == LD_TABLE
+    # One group per (layer, decay), in order of first appearance (the official grouping), names beside params.
+    order = [n for n, _ in model.named_parameters()]
+    firsts = [order.index(g["names"][0]) for g in groups]
+    assert firsts == sorted(firsts) and len(groups) == 8  # 4 layers x (decay, no decay)
+    assert all(len(g["names"]) == len(g["params"]) for g in groups)
+
+
+def test_timm_create_optimizer_v2_gives_our_model_the_official_layer_decay():
+    """A timm user's one line (`create_optimizer_v2(model, layer_decay=...)`) builds the official groups from the
+    classifier's group_matcher; without one, timm would put every parameter in one layer (lr scale 1.0)."""
+    from timm.optim import create_optimizer_v2
+
+    model = _tiny_vit(use_learnable_pos_emb=True)
+    opt = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75)
+    assert _table(opt.param_groups, model) == LD_TABLE
+
+
+def test_without_layer_decay_the_official_two_groups_in_order_of_first_appearance():
+    model = _tiny_pretrain()
+    groups = param_groups(model, weight_decay=0.05)
+    assert [(g["weight_decay"], g["lr_scale"], g["names"][0]) for g in groups] == [
+        (0.0, 1.0, "mask_token"), (0.05, 1.0, "encoder.patch_embed.proj.weight")]
+    groups = param_groups(_tiny_vit(), weight_decay=0.05, layer_decay=1.0)
+    assert [(g["weight_decay"], g["names"][0]) for g in groups] == [(0.05, "patch_embed.proj.weight"),
+                                                                    (0.0, "patch_embed.proj.bias")]
+    with pytest.raises(ValueError, match="layer decay 0.75 needs a model with layer ids"):
+        param_groups(model, weight_decay=0.05, layer_decay=0.75)
 
 
 def test_optimizer_applies_group_lr_scale_through_the_schedule():

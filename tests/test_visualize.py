@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch import nn
 
 import videomae
-from videomae.loss import IMAGENET_MEAN, IMAGENET_STD, pixel_targets
+from videomae.constants import IMAGENET_MEAN, IMAGENET_STD
 from videomae.masking import tube_mask
-from videomae.visualize import LABEL_W, MASK_SHADE, TITLE_H, animation_gif, caption, grid_png, reconstruct
+from videomae.ops.norm_pix_mse import patchify, pixel_targets
+from videomae.visualize import (
+    LABEL_W,
+    LINE_H,
+    MASK_SHADE,
+    TITLE_H,
+    animation_gif,
+    caption,
+    grid_png,
+    raw_display,
+    reconstruct,
+    wrap,
+)
 
 
 class Oracle(nn.Module):
@@ -48,9 +61,9 @@ def test_each_masked_cube_is_unnormalized_with_its_own_statistics():
     videos, pixels = _clip(3)
     mask = tube_mask(2, (2, 2, 3), 0.5, torch.Generator().manual_seed(2))
     views = reconstruct(Oracle(True, offset=1.0), videos, mask)  # +1 in normalized units = +1 std of the cube
-    cubes = videomae.loss.patchify(pixels, 2, 16)  # [B, N, P, C]
+    cubes = patchify(pixels, 2, 16)  # [B, N, P, C]
     std = cubes.var(dim=-2, unbiased=True, keepdim=True).sqrt()
-    rec = videomae.loss.patchify(views["reconstruction"], 2, 16)
+    rec = patchify(views["reconstruction"], 2, 16)
     expected = (cubes + (std + 1e-6)).clamp(0, 1)
     torch.testing.assert_close(rec[mask], expected[mask], atol=2e-5, rtol=0)
     torch.testing.assert_close(rec[~mask], cubes[~mask], atol=1e-6, rtol=0)
@@ -59,9 +72,9 @@ def test_each_masked_cube_is_unnormalized_with_its_own_statistics():
 def test_masked_view_shades_exactly_the_masked_cubes():
     videos, pixels = _clip(4)
     mask = tube_mask(2, (2, 2, 3), 0.5, torch.Generator().manual_seed(3))
-    shaded = videomae.loss.patchify(reconstruct(Oracle(True), videos, mask)["masked"], 2, 16)
+    shaded = patchify(reconstruct(Oracle(True), videos, mask)["masked"], 2, 16)
     assert torch.all(shaded[mask] == MASK_SHADE)
-    torch.testing.assert_close(shaded[~mask], videomae.loss.patchify(pixels, 2, 16)[~mask], atol=1e-6, rtol=0)
+    torch.testing.assert_close(shaded[~mask], patchify(pixels, 2, 16)[~mask], atol=1e-6, rtol=0)
 
 
 def test_reconstruct_runs_a_real_model_in_eval_mode_and_restores_train_mode():
@@ -79,29 +92,122 @@ def test_png_grid_and_gif_layout(tmp_path):
     videos, _ = _clip()
     mask = tube_mask(2, (2, 2, 3), 0.5)
     views = reconstruct(Oracle(True), videos, mask)
-    png = grid_png(views, tmp_path / "r.png", gap=2, title=caption(Oracle(True), mask, "tube"))
-    gif = animation_gif(views, tmp_path / "r.gif", gap=2)
+    title = caption(Oracle(True), mask, "tube")
+    png = grid_png(views, tmp_path / "r.png", gap=2, title=title)
+    gif = animation_gif(views, tmp_path / "r.gif", gap=2, title=title)
+    width = LABEL_W + 4 * 240 + 3 * 2
+    band = 4 + LINE_H * len(wrap(title, width - 8))
+    assert len(wrap(title, width - 8)) >= 2  # the title is wrapped, not cut at the picture's edge
     with Image.open(png) as im:
         # frames upscaled x5 (32 -> 160 rows): a title band, a label column, 3 rows of 160, 4 columns of 240,
         # 2-pixel gaps
-        assert im.size == (LABEL_W + 4 * 240 + 3 * 2, TITLE_H + 3 * 160 + 2 * 2)
+        assert im.size == (width, band + 3 * 160 + 2 * 2)
+        assert im.text["Title"] == title
         pixels = np.asarray(im.convert("RGB"))
-    top_left = pixels[TITLE_H:TITLE_H + 160, LABEL_W:LABEL_W + 240]
+    top_left = pixels[band:band + 160, LABEL_W:LABEL_W + 240]
     expected = (views["original"][0, :, 0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
     assert np.array_equal(top_left[::5, ::5], expected)
-    # Each row has its label written in the label column, and the title band carries text.
+    # Each row has its label written in the label column, and each line of the title band carries text.
     for r in range(3):
-        label = pixels[TITLE_H + r * 162:TITLE_H + r * 162 + 160, :LABEL_W]
+        label = pixels[band + r * 162:band + r * 162 + 160, :LABEL_W]
         assert (label < 128).any(), f"row {r} has no label"
-    assert (pixels[:TITLE_H, LABEL_W:] < 128).any()
+    for i in range((band - 4) // LINE_H):
+        assert (pixels[2 + i * LINE_H:2 + (i + 1) * LINE_H] < 128).any(), f"title line {i} is blank"
     with Image.open(gif) as im:
         assert im.n_frames == 4 and im.size == (3 * 240 + 2 * 2, TITLE_H + 160)
+        assert im.info["comment"].decode() == title
 
 
-def test_caption_names_the_mask_ratio_and_the_target():
+def test_caption_says_where_the_reconstruction_colours_come_from():
     mask = tube_mask(1, (2, 2, 2), 0.5)
-    assert caption(Oracle(True), mask, "tube") == "mask ratio 0.50 (tube), target: per-cube normalized pixels"
-    assert caption(Oracle(False), mask) == "mask ratio 0.50, target: raw pixels"
+    text = caption(Oracle(True), mask, "tube")
+    assert text.startswith("mask ratio 0.50 (tube), target: per-cube normalized pixels. ")
+    assert "colour and contrast" in text and "from the original clip" in text and "official" in text
+    assert "--raw" in text  # where to see the prediction itself
+    raw = caption(Oracle(True), mask, "tube", raw=True)
+    assert "0.5 + z/6" in raw and "nothing is taken from the original clip" in raw
+    assert caption(Oracle(False), mask).startswith("mask ratio 0.50, target: raw pixels. ")
+    assert "predicted pixels as they are" in caption(Oracle(False), mask)
+
+
+class Fixed(nn.Module):
+    """Predicts a given tensor [B, N_masked, t*p*p*3], whatever the clip."""
+
+    tubelet_size, patch_size = 2, 16
+
+    def __init__(self, pred: torch.Tensor, normalize_target: bool = True):
+        super().__init__()
+        self.pred, self.normalize_target = pred, normalize_target
+
+    def forward(self, videos, mask):
+        return self.pred
+
+
+def test_raw_view_is_the_prediction_through_the_documented_affine():
+    """--raw: a masked cube's pixels are 0.5 + z/6 of the predicted values z (clamped to [0, 1]), channel fastest
+    in the prediction as in the loss target; visible cubes show the clip's per-cube normalized target the same
+    way; no statistics of the clip enter the masked cubes."""
+    videos, pixels = _clip(5)
+    mask = tube_mask(2, (2, 2, 3), 0.5, torch.Generator().manual_seed(4))
+    pred = torch.randn(2, int(mask[0].sum()), 2 * 16 * 16 * 3, generator=torch.Generator().manual_seed(6)) * 2
+    views = reconstruct(Fixed(pred), videos, mask, raw=True)
+    assert list(views) == ["original", "masked", "target", "prediction"]
+    shown = patchify(views["prediction"], 2, 16)  # [B, N, 512, 3]
+    expected = (0.5 + pred.view(2, -1, 512, 3) / 6).clamp(0, 1)
+    torch.testing.assert_close(shown[mask], expected.reshape(-1, 512, 3), atol=1e-6, rtol=0)
+    assert (expected == 0).any() and (expected == 1).any()  # the clamp is exercised
+    cubes = patchify(pixels, 2, 16).double()
+    z = (cubes - cubes.mean(-2, keepdim=True)) / (cubes.var(-2, keepdim=True).sqrt() + 1e-6)
+    target = patchify(views["target"], 2, 16)
+    torch.testing.assert_close(target.double(), (0.5 + z / 6).clamp(0, 1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(shown[~mask], target[~mask], atol=0, rtol=0)
+    # The same prediction on a brighter clip: the default view moves with the clip, the raw view does not.
+    brighter = (pixels * 0.5 + 0.4 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)) / \
+        torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
+    raw_b = patchify(reconstruct(Fixed(pred), brighter, mask, raw=True)["prediction"], 2, 16)
+    torch.testing.assert_close(raw_b[mask], shown[mask], atol=0, rtol=0)
+    rec = patchify(reconstruct(Fixed(pred), videos, mask)["reconstruction"], 2, 16)
+    rec_b = patchify(reconstruct(Fixed(pred), brighter, mask)["reconstruction"], 2, 16)
+    assert (rec_b[mask] - rec[mask]).abs().max() > 0.1
+
+
+def test_raw_view_of_a_raw_pixel_model_is_its_prediction_as_it_is():
+    videos, pixels = _clip(6)
+    mask = tube_mask(2, (2, 2, 3), 0.5, torch.Generator().manual_seed(5))
+    pred = torch.rand(2, int(mask[0].sum()), 1536, generator=torch.Generator().manual_seed(7))
+    views = reconstruct(Fixed(pred, normalize_target=False), videos, mask, raw=True)
+    shown = patchify(views["prediction"], 2, 16)
+    torch.testing.assert_close(shown[mask], pred.view(2, -1, 512, 3).reshape(-1, 512, 3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(views["target"], pixels, atol=1e-6, rtol=0)
+
+
+def test_raw_display_is_the_stated_affine():
+    z = torch.tensor([-4.0, -3.0, 0.0, 1.5, 3.0, 9.0])
+    assert raw_display(z).tolist() == [0.0, 0.0, 0.5, 0.75, 1.0, 1.0]
+
+
+def test_visualize_cli_titles_both_modes(synth, tmp_path):
+    """The real CLI on a video (random weights): the default picture's title names the borrowed statistics,
+    --raw draws four rows and says it takes nothing from the clip."""
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "videomae", "visualize", "--model", "pretrain_videomae_tiny_patch16_224",
+            "--video", str(synth / "videos" / "val_00000.mp4"), "--input_size", "32", "--num_frames", "4",
+            "--sampling_rate", "2", "--mask_ratio", "0.5"]
+    for extra, out in (([], tmp_path / "default"), (["--raw"], tmp_path / "raw")):
+        proc = subprocess.run([*base, *extra, "--output_dir", str(out)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        with Image.open(out / "val_00000.png") as im:
+            title, height = im.text["Title"], im.size[1]
+        rows = 4 if extra else 3
+        assert height - rows * 160 - (rows - 1) * 2 > 0  # a title band above the rows
+        if extra:
+            assert "--raw:" in title and "nothing is taken from the original clip" in title
+            assert "original | masked | target | prediction" in proc.stdout
+        else:
+            assert "colour and contrast" in title and "original clip" in title
+            assert "original | masked | reconstruction" in proc.stdout
 
 
 # ---------------------------------------------------------------- run pictures and logs
@@ -122,6 +228,28 @@ def test_lr_curve_is_drawn_raw_and_the_loss_smoothed(tmp_path, monkeypatch):
     paths = plots.training_curves(rows, tmp_path)
     assert [p.name for p in paths] == ["loss.png", "lr.png"]
     assert drawn == [("loss", True), ("learning rate", False)]
+
+
+def test_finetune_accuracy_plot_draws_validation_accuracy_per_epoch(tmp_path):
+    from videomae.train import plots
+
+    # log.txt rows as the finetune loop writes them (a resumed run may log an epoch out of order).
+    rows = [{"epoch": e, "train_loss": 2.0 - 0.3 * e, "train_lr": 1e-3, "val_acc1": acc, "val_acc5": acc + 20}
+            for e, acc in [(0, 10.0), (2, 31.5), (1, 22.25), (3, 40.0)]]
+    fig = plots.accuracy_figure(rows)
+    acc, loss = fig.axes
+    top1, top5 = acc.get_lines()
+    assert top1.get_label() == "val top-1" and list(top1.get_xdata()) == [0, 1, 2, 3]
+    assert list(top1.get_ydata()) == [10.0, 22.25, 31.5, 40.0] and list(top5.get_ydata()) == [30.0, 42.25, 51.5, 60.0]
+    assert list(loss.get_lines()[0].get_ydata()) == pytest.approx([2.0, 1.7, 1.4, 1.1])
+    assert acc.get_xlabel() == "epoch" and "validation accuracy" in acc.get_ylabel()
+    (path,) = plots.accuracy_curve(rows, tmp_path)
+    assert path == tmp_path / "accuracy.png"
+    with Image.open(path) as im:
+        assert im.size[0] > im.size[1] and np.asarray(im.convert("L")).min() < 128
+    # Without validation (no val_acc1 in the rows) there is no accuracy to draw.
+    assert plots.accuracy_curve([{k: v for k, v in r.items() if not k.startswith("val")} for r in rows],
+                                tmp_path / "none") == []
 
 
 def test_confusion_matrix_counts_are_white_on_dark_cells():

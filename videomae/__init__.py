@@ -8,8 +8,8 @@
 
 from videomae import _layout, masking  # noqa: F401  (_layout first: it maps videomae.kernels)
 from videomae.checkpoint import LoadReport, load_checkpoint, save_checkpoint
-from videomae.loss import pixel_loss
 from videomae.models import PretrainVisionTransformer, VisionTransformer
+from videomae.ops.norm_pix_mse import pixel_loss
 from videomae.registry import create_model, list_models, register_model
 from videomae.timm_compat import register_if_timm_imported, register_timm_models
 

@@ -1,8 +1,8 @@
 """Attention backends behind one function, `scaled_dot_product_attention(q, k, v, scale, dropout_p)`.
 
 Every block calls that function with q, k, v: [B, H, N, d]. Which kernel runs is the `attention` switch of
-`videomae.dispatch` (the dispatcher the fused ops use too; timm style global switch, no monkey-patching):
-`set_attention_backend(name)`, `with use_attention_backend(name):` or the `VIDEOMAE_ATTN` environment variable.
+`videomae.dispatch` (the dispatcher the fused ops use too; no monkey-patching): `with use_backend(attention=name):`
+or the `VIDEOMAE_ATTN` environment variable (see that module's docstring).
 
 | name             | kernel                                                             | devices   |
 |------------------|--------------------------------------------------------------------|-----------|
@@ -27,11 +27,10 @@ and installs the measured order. A forced backend that cannot run a call raises 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -246,23 +245,7 @@ def priority(q: torch.Tensor) -> list[str]:
 
 
 # --------------------------------------------------------------------------
-# the switch and the one function
-
-
-def set_attention_backend(name: str) -> None:
-    """Force one backend for every block (`auto` to dispatch per call); see the module docstring."""
-    dispatch.set_backend("attention", name)
-
-
-def get_attention_backend() -> str:
-    return dispatch.forced("attention")
-
-
-@contextlib.contextmanager
-def use_attention_backend(name: str) -> Iterator[None]:
-    """Force a backend inside the block, restoring the previous switch afterwards."""
-    with dispatch.use_backend("attention", name):
-        yield
+# the one function
 
 
 _tune = os.environ.get(TUNE_ENV, "0") not in ("", "0", "false")
@@ -274,7 +257,7 @@ def select_backend(q, k, v, dropout_p: float = 0.0, name: str | None = None) -> 
     if _tune and not torch.compiler.is_compiling():
         key = (dispatch.device_class(q), q.dtype, tuple(q.shape), dropout_p > 0)
         if key not in _TUNED:  # timing runs eagerly, once per shape, and installs its order in the table
-            from videomae.attention_tune import tune
+            from videomae.attention_tune import tune  # only when tuning: a forward never imports the timers
 
             tune(q, k, v)
             _TUNED.add(key)
@@ -311,13 +294,3 @@ def backend_report(device: str | torch.device | None = None, dtype: torch.dtype 
             report["auto"][part] = f"none: {e}"
     return report
 
-
-_MOVED = ("time_backend", "tune", "reference_errors")
-
-
-def __getattr__(name: str):
-    # The timing helpers moved to videomae.attention_tune so a forward never imports them; callers that
-    # still reach them here (bench/train_step.py) get them lazily.
-    if name in _MOVED:
-        return getattr(importlib.import_module("videomae.attention_tune"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,6 +9,12 @@ family, and each family has one switch:
 | `ops`       | `cube_embed`, `decoder_input`, `norm_pix_mse` | `VIDEOMAE_BACKEND` | cuda, triton, torch         |
 | `attention` | `attention`                                   | `VIDEOMAE_ATTN`    | see `videomae/attention.py` |
 
+Forcing a backend, the one way (both families, `auto` if neither is set):
+- `with use_backend("triton"):`, `with use_backend(attention="eager"):` or both at once,
+  `with use_backend("torch", attention="eager"):` (also importable as `videomae.ops.use_backend`);
+- the environment variables above, read at each call; a `use_backend` block wins over them.
+Names are `auto`, a group (`sdpa`) or a backend name; case and `_` / `-` do not matter.
+
 Each call, `select(op, inputs)`:
 - `auto` (default): the first backend with no reasons, in the order of `PRIORITY`, the one priority table,
   keyed by (op, device class, dtype, size bucket) with `*` / 0 for "any"; a backend the table does not list
@@ -17,15 +23,14 @@ Each call, `select(op, inputs)`:
 - a backend name: that backend, or `NotSupportedError` listing every reason it cannot run the call.
 
 The choice is cached per (op, switch, shapes, dtypes, devices, last-dim contiguity, scalar inputs), so a
-forward walks the table once per shape; `register_backend`, `set_backend`, `use_backend` and `set_priority`
-clear the cache. Inside `torch.compile` the walk runs at trace time on static shapes and becomes a constant
-in the graph (no cache lookups, which dynamo would guard on).
+forward walks the table once per shape; `register_backend`, `use_backend` and `set_priority` clear the cache.
+Inside `torch.compile` the walk runs at trace time on static shapes and becomes a constant in the graph (no
+cache lookups, which dynamo would guard on).
 
-The switch is process-global, not thread-local (as attention's was; the fused ops' was thread-local): the
-backends are a property of the machine, and a model must dispatch the same way in every thread that runs it
-(a thread pool serving requests, a benchmark's worker) without each thread repeating the switch. The cost:
-two threads cannot force different backends at the same time. The env var is read at each call; a switch set
-by `set_backend` / `use_backend` wins over it. Compiled code guards on the switch: changing it recompiles.
+The switch is process-global, not thread-local: the backends are a property of the machine, and a model must
+dispatch the same way in every thread that runs it (a thread pool serving requests, a benchmark's worker, the
+autograd engine's threads) without each thread repeating the switch. The cost: two threads cannot force
+different backends at the same time. Compiled code guards on the switch: changing it recompiles.
 
 The table is code, not a file: tuned orders (`videomae.attention_tune.tune`, the benchmark) are installed at
 run time with `set_priority` and pasted here when they should become the default.
@@ -191,7 +196,7 @@ class TorchBackend(Backend):
 
 _REGISTRY: dict[str, dict[str, Backend]] = {f: {} for f in FAMILIES}
 _BROKEN: dict[str, dict[str, str]] = {f: {} for f in FAMILIES}  # name -> why its module failed to import
-_SWITCH: dict[str, str | None] = {f: None for f in FAMILIES}  # None: the env var, else auto
+_SWITCH: dict[str, str | None] = {f: None for f in FAMILIES}  # set by use_backend; None: the env var
 _CACHE: dict[tuple, Backend] = {}
 _ENV_SEEN: dict[tuple[str, str], str] = {}  # (env var, raw value) -> checked switch name
 _STATS = {"hits": 0, "misses": 0}
@@ -249,7 +254,7 @@ def registered(family: str = "ops") -> dict[str, Backend]:
 
 
 def forced(op_or_family: str = "ops") -> str:
-    """The switch in force: `set_backend` / `use_backend` win over the env var; `auto` if neither."""
+    """The switch in force: a `use_backend` block wins over the env var; `auto` if neither."""
     family = family_of(op_or_family)
     name = _SWITCH[family]
     if name is not None:
@@ -264,23 +269,19 @@ def forced(op_or_family: str = "ops") -> str:
     return name
 
 
-def set_backend(op_or_family: str, name: str | None) -> None:
-    """Set the switch of a family (`auto`, a group or a backend name); None hands it back to the env var."""
-    family = family_of(op_or_family)
-    _SWITCH[family] = None if name is None else _check_switch(family, name, FAMILIES[family].label)
-    clear_cache()
-
-
 @contextlib.contextmanager
-def use_backend(op_or_family: str, name: str) -> Iterator[None]:
-    """Set the switch of a family inside the block, restoring the previous one (or the env var) afterwards."""
-    family = family_of(op_or_family)
-    prev = _SWITCH[family]
-    set_backend(family, name)
+def use_backend(ops: str | None = None, *, attention: str | None = None) -> Iterator[None]:
+    """Force the fused ops' backend (`ops`) and / or attention's (`attention`) inside the block; None leaves a
+    family's switch as it is. The previous switches (or the env vars) are back on exit. See the module doc."""
+    wanted = {family: _check_switch(family, name, family) for family, name in (("ops", ops), ("attention", attention))
+              if name is not None}
+    prev = {family: _SWITCH[family] for family in wanted}
+    _SWITCH.update(wanted)
+    clear_cache()
     try:
         yield
     finally:
-        _SWITCH[family] = prev
+        _SWITCH.update(prev)
         clear_cache()
 
 

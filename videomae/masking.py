@@ -5,6 +5,10 @@ True = masked (hidden from the encoder, or for `running_cell_mask` not decoded),
 same number of True per sample, drawn from `generator` when one is given.
 
 `grid` is the token grid `(T', H', W')`: frames // tubelet_size, height // patch, width // patch.
+
+`token_ids` turns masks into `TokenIds`, the index form the model and the ops take, validated here on the CPU
+once (`check_ids` holds the id rules: in [0, N), none repeated in a row); the validated ids carry that fact
+(`TokenIds.validated_for`), so the model trusts them without reading a value in the step.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 Grid = tuple[int, int, int]
@@ -124,6 +129,30 @@ def check_mask(mask: torch.Tensor, batch: int, num_tokens: int, name: str = "mas
     return int(counts[0]) if batch else 0
 
 
+def check_ids(ids, name: str, num_tokens: int, batch: int | None = None) -> None:
+    """Token ids `[B, K]` int64, each in [0, num_tokens) and none repeated within a row (K may be 0); a
+    ValueError naming `name` otherwise. Reads every id on the host: free for CPU tensors, a device wait for a
+    GPU's (check ids where they are made, on the CPU). The one copy of the id rules: `TokenIds.validated` and
+    the ops' input checks (`videomae/ops/_checks.py`) call it."""
+    if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64 or ids.dim() != 2:
+        got = f"{ids.dtype} of shape {list(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ValueError(f"{name} must be int64 token ids [B, K], got {got}")
+    if batch is not None and ids.shape[0] != batch:
+        raise ValueError(f"{name} must have {batch} rows (one per sample), got shape {list(ids.shape)}")
+    if ids.numel() == 0:
+        return
+    a = ids.cpu().numpy()  # a CPU tensor is read in place: no copy
+    out = (a < 0) | (a >= num_tokens)
+    if out.any():
+        row, col = np.argwhere(out)[0]
+        raise ValueError(f"{name} must hold token ids in [0, {num_tokens}), got {a[row, col]} in row {row}")
+    s = np.sort(a, axis=1)
+    repeated = s[:, 1:] == s[:, :-1]
+    if repeated.any():
+        row, col = np.argwhere(repeated)[0]
+        raise ValueError(f"{name} must not repeat a token id within a row, got {s[row, col]} twice in row {row}")
+
+
 class TokenIds(NamedTuple):
     """The index form of a batch's masks: what the model and the fused ops take in a training step.
 
@@ -136,27 +165,53 @@ class TokenIds(NamedTuple):
              V2: those the decode mask keeps)
     scored:  [B, N_dec] Bool, which decoded cubes the loss counts (V2: decoded and encoder-masked);
              None: all of them (V1)
+    validated_for: the token count N these ids were checked against (every id in [0, N), none repeated in a
+             row, shapes and dtypes), set by the validating constructors `token_ids` and `TokenIds.validated`
+             and kept by `to` / `pin_memory`; None for ids built by hand, which the model validates at its
+             boundary (a host read: a device wait for GPU tensors). Never set it yourself: the model trusts it.
     """
 
     visible: torch.Tensor
     decoded: torch.Tensor
     scored: torch.Tensor | None = None
+    validated_for: int | None = None
 
     def to(self, device, non_blocking: bool = False) -> TokenIds:
-        return TokenIds(*(None if t is None else t.to(device, non_blocking=non_blocking) for t in self))
+        moved = (None if t is None else t.to(device, non_blocking=non_blocking) for t in self[:3])
+        return TokenIds(*moved, self.validated_for)
 
     def pin_memory(self) -> TokenIds:
-        return TokenIds(*(None if t is None else t.pin_memory() for t in self))
+        return TokenIds(*(None if t is None else t.pin_memory() for t in self[:3]), self.validated_for)
 
     def mask(self, num_tokens: int) -> torch.Tensor:
         """-> Bool [B, N], True = masked (hidden from the encoder): the Boolean form, for pictures and tests."""
         out = torch.ones(self.visible.shape[0], num_tokens, dtype=torch.bool, device=self.visible.device)
         return out.scatter_(1, self.visible, False)
 
+    def validated(self, num_tokens: int) -> TokenIds:
+        """These ids checked for a grid of `num_tokens` tokens (`check_ids`; scored Bool of decoded's shape)
+        -> a copy with `validated_for = num_tokens`; a one-line ValueError naming the field otherwise. Reads
+        every id: free on the CPU, a device wait for GPU tensors (validate where the ids are made)."""
+        if not isinstance(num_tokens, int) or num_tokens < 1:
+            raise ValueError(f"num_tokens must be a positive int, got {num_tokens!r}")
+        check_ids(self.visible, "visible", num_tokens)
+        batch = self.visible.shape[0]
+        check_ids(self.decoded, "decoded", num_tokens, batch)
+        if self.scored is not None:
+            sc = self.scored
+            if not isinstance(sc, torch.Tensor) or sc.dtype != torch.bool or sc.shape != self.decoded.shape:
+                got = f"{sc.dtype} {list(sc.shape)}" if isinstance(sc, torch.Tensor) else type(sc).__name__
+                raise ValueError(f"scored must be Bool of decoded's shape {list(self.decoded.shape)}, got {got}")
+        for name, t in (("decoded", self.decoded), ("scored", self.scored)):
+            if t is not None and t.device != self.visible.device:
+                raise ValueError(f"{name} must be on {self.visible.device} like visible, got {t.device}")
+        return TokenIds(self.visible, self.decoded, self.scored, num_tokens)
+
 
 def token_ids(mask: torch.Tensor, decode_mask: torch.Tensor | None = None) -> TokenIds:
-    """Validate Bool masks (equal counts per sample) and turn them into `TokenIds`. Syncs when the masks are
-    on a GPU: call it where the masks are made, never inside a step.
+    """Validate Bool masks (equal counts per sample) and turn them into `TokenIds`, validated for N = mask's
+    width (ids from a mask are in range and distinct by construction). Syncs when the masks are on a GPU: call
+    it where the masks are made, never inside a step.
 
     mask: [B, N] Bool, True = masked; decode_mask: [B, N] Bool, True = not decoded (V2) or None (V1)
     """
@@ -171,4 +226,4 @@ def token_ids(mask: torch.Tensor, decode_mask: torch.Tensor | None = None) -> To
     visible = (~mask).nonzero()[:, 1].view(b, -1)
     dec = decoded.nonzero()[:, 1].view(b, -1)
     scored = None if decode_mask is None else mask.gather(1, dec)
-    return TokenIds(visible, dec, scored)
+    return TokenIds(visible, dec, scored, n)

@@ -26,7 +26,7 @@ def list_models(pattern: str = "*") -> list[str]:
 def create_model(name: str, **overrides) -> nn.Module:
     """Build a registered model; keyword overrides replace the factory's defaults
     (`num_frames`, `img_size`, `tubelet_size`, `decoder_depth`, `num_classes`, `drop_path_rate`,
-    `init_values`, `use_checkpoint`, `use_learnable_pos_emb`, `fused`, ...)."""
+    `init_values`, `use_checkpoint`, `use_learnable_pos_emb`, ...)."""
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; available: {', '.join(list_models())}"

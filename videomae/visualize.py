@@ -3,7 +3,12 @@
 Un-normalization follows the official `run_videomae_vis.py`: the clip is ImageNet-un-normalized to
 [0, 1], cut into cubes, each cube normalized with its own per-channel mean and unbiased std; the
 decoder's predictions overwrite the masked cubes; each cube is mapped back with *its own* statistics
-`x * (std + 1e-6) + mean`; the cubes are folded back into frames.
+`x * (std + 1e-6) + mean`; the cubes are folded back into frames. So a masked cube's colour and contrast are
+the original clip's, and only its pattern is the model's: the picture says so in its title.
+
+`raw=True` (`videomae visualize --raw`) shows the model's output as it is instead: the per-cube normalized
+target and the prediction in the same units z, drawn by one fixed affine, `raw_display(z) = 0.5 + z / 6`
+(-3 to +3 standard deviations of a cube span black to white), with no statistics of the original clip.
 """
 
 from __future__ import annotations
@@ -13,30 +18,60 @@ from pathlib import Path
 import numpy as np
 import torch
 from einops import rearrange
-from PIL import Image
+from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
 
-from videomae.loss import IMAGENET_MEAN, IMAGENET_STD, patchify
+from videomae.constants import IMAGENET_MEAN, IMAGENET_STD
 from videomae.masking import make_mask
+from videomae.ops.norm_pix_mse import patchify
 
 MASK_SHADE = 0.35  # masked cubes are drawn in this gray, so holes are visible on dark and light frames
-ROWS = ("original", "masked", "reconstruction")
-LABEL_W, TITLE_H = 104, 16  # the PNG's row-label column and title band, in pixels
+RAW_CENTER, RAW_SPAN = 0.5, 6.0  # raw_display: z -> RAW_CENTER + z / RAW_SPAN
+LABEL_W, TITLE_H = 104, 16  # the pictures' row-label column and the GIF's label band, in pixels
+LINE_H = 12  # one line of the PNG's title
+
+UNNORMALIZED = ("Reconstruction: each masked cube's colour and contrast (its per-channel mean and std) come from "
+                "the original clip, as the official code un-normalizes; the model predicts only the normalized "
+                "pattern (--raw shows the prediction as it is).")
+RAW_NORMALIZED = (f"--raw: target and prediction in the model's per-cube normalized units z, drawn as "
+                  f"{RAW_CENTER:g} + z/{RAW_SPAN:g} (black to white: -3 to +3 std of each cube); masked cubes hold "
+                  f"the prediction, nothing is taken from the original clip.")
+PIXELS = "The masked cubes show the predicted pixels as they are (the model regresses raw pixels)."
 
 
 def _text(canvas: np.ndarray, xy: tuple[int, int], text: str) -> np.ndarray:
     """Black text drawn onto a uint8 [H, W, 3] canvas with PIL's built-in font."""
-    from PIL import ImageDraw
-
     image = Image.fromarray(canvas)
     ImageDraw.Draw(image).text(xy, text, fill=(0, 0, 0))
     return np.asarray(image).copy()
 
 
-def caption(model, mask: torch.Tensor, mask_type: str | None = None) -> str:
-    """'mask ratio 0.90 (tube), target: per-cube normalized pixels' for the picture's title."""
+def wrap(text: str, width: int) -> list[str]:
+    """Words of `text` in lines at most `width` pixels wide in PIL's built-in font (a longer word stands alone)."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines: list[str] = []
+    for word in text.split():
+        trial = f"{lines[-1]} {word}" if lines else word
+        if lines and draw.textlength(trial) <= width:
+            lines[-1] = trial
+        else:
+            lines.append(word)
+    return lines
+
+
+def caption(model, mask: torch.Tensor, mask_type: str | None = None, raw: bool = False) -> str:
+    """The picture's title: 'mask ratio 0.90 (tube), target: per-cube normalized pixels.' and what the
+    reconstruction row shows (where its colours come from)."""
     ratio = mask.float().mean().item()
-    target = "per-cube normalized pixels" if getattr(model, "normalize_target", True) else "raw pixels"
-    return f"mask ratio {ratio:.2f}" + (f" ({mask_type})" if mask_type else "") + f", target: {target}"
+    normalized = getattr(model, "normalize_target", True)
+    target = "per-cube normalized pixels" if normalized else "raw pixels"
+    head = f"mask ratio {ratio:.2f}" + (f" ({mask_type})" if mask_type else "") + f", target: {target}."
+    return f"{head} {(RAW_NORMALIZED if raw else UNNORMALIZED) if normalized else PIXELS}"
+
+
+def raw_display(z: torch.Tensor) -> torch.Tensor:
+    """Per-cube normalized values -> display values in [0, 1]: `RAW_CENTER + z / RAW_SPAN`, clamped."""
+    return (RAW_CENTER + z / RAW_SPAN).clamp(0, 1)
 
 
 def unnormalize(videos: torch.Tensor) -> torch.Tensor:
@@ -47,9 +82,12 @@ def unnormalize(videos: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reconstruct(model: torch.nn.Module, videos: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """videos [B, 3, T, H, W] ImageNet-normalized, mask Bool [B, N] True = masked ->
-    {'original', 'masked', 'reconstruction'}: [B, 3, T, H, W] in [0, 1]."""
+def reconstruct(model: torch.nn.Module, videos: torch.Tensor, mask: torch.Tensor,
+                raw: bool = False) -> dict[str, torch.Tensor]:
+    """videos [B, 3, T, H, W] ImageNet-normalized, mask Bool [B, N] True = masked -> views [B, 3, T, H, W] in
+    [0, 1], in the pictures' row order: 'original', 'masked' (masked cubes grey), then 'reconstruction' (the
+    official per-cube un-normalization), or with `raw` 'target' and 'prediction' in the model's target units
+    (per-cube normalized: through `raw_display`; raw pixels: as they are), visible cubes showing the target."""
     was_training = model.training
     model.eval()
     pred = model(videos, mask).float()  # [B, N_masked, t*p*p*3], channel fastest
@@ -63,18 +101,22 @@ def reconstruct(model: torch.nn.Module, videos: torch.Tensor, mask: torch.Tensor
     if model.normalize_target:
         mean = cubes.mean(dim=-2, keepdim=True)
         std = cubes.var(dim=-2, unbiased=True, keepdim=True).sqrt()
-        normed = (cubes - mean) / (std + 1e-6)
-        normed[mask] = pred.reshape(-1, *pred.shape[2:])
-        rec = normed * (std + 1e-6) + mean  # each cube back with its own statistics
+        target = (cubes - mean) / (std + 1e-6)
     else:
-        rec = cubes.clone()
-        rec[mask] = pred.reshape(-1, *pred.shape[2:])
+        target = cubes
+    filled = target.clone()
+    filled[mask] = pred.reshape(-1, *pred.shape[2:])
     shaded = cubes.clone()
     shaded[mask] = MASK_SHADE
     fold = lambda x: rearrange(x, "b (t h w) (p0 p1 p2) c -> b c (t p0) (h p1) (w p2)",
-                               t=grid[0], h=grid[1], w=grid[2], p0=t, p1=p, p2=p)
-    return {"original": pixels.clamp(0, 1), "masked": fold(shaded).clamp(0, 1),
-            "reconstruction": fold(rec).clamp(0, 1)}
+                               t=grid[0], h=grid[1], w=grid[2], p0=t, p1=p, p2=p).clamp(0, 1)
+    views = {"original": pixels.clamp(0, 1), "masked": fold(shaded)}
+    if raw:
+        show = raw_display if model.normalize_target else (lambda x: x)
+        views.update(target=fold(show(target)), prediction=fold(show(filled)))
+    else:
+        views["reconstruction"] = fold(filled * (std + 1e-6) + mean if model.normalize_target else filled)
+    return views
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -90,38 +132,49 @@ def _upscale(frames: np.ndarray, min_side: int = 160) -> np.ndarray:
 
 def grid_png(views: dict[str, torch.Tensor], path: str | Path, index: int = 0, gap: int = 2,
              title: str = "") -> Path:
-    """Rows original / masked / reconstruction (labeled at the left), one column per frame, `title` on top."""
-    rows = [_upscale(_to_uint8(views[k][index])) for k in ROWS]
+    """One row per view (labeled at the left), one column per frame, `title` wrapped on top and stored as the
+    PNG's 'Title' text."""
+    names = list(views)
+    rows = [_upscale(_to_uint8(views[k][index])) for k in names]
     t, h, w, _ = rows[0].shape
-    canvas = np.full((TITLE_H + 3 * h + 2 * gap, LABEL_W + t * w + (t - 1) * gap, 3), 255, np.uint8)
+    width = LABEL_W + t * w + (t - 1) * gap
+    lines = wrap(title, width - 8)
+    top0 = 4 + LINE_H * len(lines) if lines else 0
+    canvas = np.full((top0 + len(rows) * h + (len(rows) - 1) * gap, width, 3), 255, np.uint8)
     for r, frames in enumerate(rows):
-        top = TITLE_H + r * (h + gap)
+        top = top0 + r * (h + gap)
         for i in range(t):
             left = LABEL_W + i * (w + gap)
             canvas[top:top + h, left:left + w] = frames[i]
-        canvas = _text(canvas, (4, top + h // 2 - 5), ROWS[r])
+        canvas = _text(canvas, (4, top + h // 2 - 5), names[r])
+    for i, line in enumerate(lines):
+        canvas = _text(canvas, (4, 2 + i * LINE_H), line)
+    info = PngInfo()
     if title:
-        canvas = _text(canvas, (LABEL_W, 2), title)
-    Image.fromarray(canvas).save(path)
+        info.add_text("Title", title)
+    Image.fromarray(canvas).save(path, pnginfo=info)
     return Path(path)
 
 
 def animation_gif(views: dict[str, torch.Tensor], path: str | Path, index: int = 0, fps: int = 4,
-                  gap: int = 2) -> Path:
-    """Each GIF frame: original | masked | reconstruction side by side, each labeled above."""
-    cols = [_upscale(_to_uint8(views[k][index])) for k in ROWS]
+                  gap: int = 2, title: str = "") -> Path:
+    """Each GIF frame: the views side by side, each labeled above; `title` as the GIF's comment."""
+    names = list(views)
+    cols = [_upscale(_to_uint8(views[k][index])) for k in names]
     t, h, w, _ = cols[0].shape
-    header = np.full((TITLE_H, 3 * w + 2 * gap, 3), 255, np.uint8)
-    for c, name in enumerate(ROWS):
+    width = len(cols) * w + (len(cols) - 1) * gap
+    header = np.full((TITLE_H, width, 3), 255, np.uint8)
+    for c, name in enumerate(names):
         header = _text(header, (c * (w + gap) + 2, 2), name)
     images = []
     for i in range(t):
-        canvas = np.full((TITLE_H + h, 3 * w + 2 * gap, 3), 255, np.uint8)
+        canvas = np.full((TITLE_H + h, width, 3), 255, np.uint8)
         canvas[:TITLE_H] = header
         for c, frames in enumerate(cols):
             canvas[TITLE_H:, c * (w + gap):c * (w + gap) + w] = frames[i]
         images.append(Image.fromarray(canvas))
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    extra = {"comment": title.encode()} if title else {}
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0, **extra)
     return Path(path)
 
 
@@ -148,12 +201,13 @@ def preview_mask(model: torch.nn.Module, videos: torch.Tensor, mask_type: str, m
 
 def save_reconstruction(model: torch.nn.Module, videos: torch.Tensor, mask: torch.Tensor, png: str | Path | None,
                         gif: str | Path | None = None, fps: int = 4, mask_type: str | None = None,
-                        ) -> dict[str, torch.Tensor]:
-    views = reconstruct(model, videos, mask)
+                        raw: bool = False) -> dict[str, torch.Tensor]:
+    views = reconstruct(model, videos, mask, raw=raw)
+    title = caption(model, mask, mask_type, raw=raw)
     if png is not None:
-        grid_png(views, png, title=caption(model, mask, mask_type))
+        grid_png(views, png, title=title)
     if gif is not None:
-        animation_gif(views, gif, fps=fps)
+        animation_gif(views, gif, fps=fps, title=title)
     return views
 
 
@@ -185,6 +239,7 @@ def main(args) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.video).stem
     png, gif = out / f"{stem}.png", out / f"{stem}.gif"
-    save_reconstruction(model, clip, mask, png, gif, fps=args.fps, mask_type=args.mask_type)
-    print(f"wrote original | masked | reconstruction:\n  {png}\n  {gif}")
+    raw = getattr(args, "raw", False)
+    views = save_reconstruction(model, clip, mask, png, gif, fps=args.fps, mask_type=args.mask_type, raw=raw)
+    print(f"wrote {' | '.join(views)}:\n  {png}\n  {gif}")
     return [png, gif]

@@ -1,16 +1,18 @@
-"""Attention forward / backward on every attention backend vs the official eager order, at the encoder's and
+"""attention forward / backward on every attention backend vs the official eager order, at the encoder's and
 the decoder's shapes of a pretraining step (q, k, v: [B, heads, N, 64] in bf16; the encoder sees the visible
-tokens, the decoder all of them). Compute-bound: the floor is the FLOPs over the measured matmul rate.
+tokens, the decoder all of them). Compute-bound: `extra_info` carries TFLOP/s beside GB/s.
 
-    python -m bench.ops.bench_attention [--rehearse] [--models B] [--impls sdpa-cudnn,flash-attn,eager]
+    pytest bench/ops/bench_attention.py --benchmark-only [--bench-impls sdpa-cudnn,flash-attn,eager]
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from bench.ops.harness import OpBench, nbytes
+from bench.ops.opbench import MODES, OpBench, impls, nbytes, time_op
 from videomae import attention
+from videomae.dispatch import use_backend
 from videomae.ops import testing as T
 
 HEAD_DIM = 64
@@ -54,13 +56,15 @@ def backends() -> list[str]:
 
 def _bench(name: str, inputs) -> OpBench:
     return OpBench(name, attention.scaled_dot_product_attention, attention.eager_attention, inputs, ("q", "k", "v"),
-                   bytes_moved, flops=flops, backends=backends, use=attention.use_attention_backend)
+                   bytes_moved, flops=flops, backends=backends, use=lambda name: use_backend(attention=name))
 
 
 ENCODER = _bench("attention_encoder", encoder_inputs)
 DECODER = _bench("attention_decoder", decoder_inputs)
 
-if __name__ == "__main__":
-    from bench.ops.harness import main
 
-    raise SystemExit(main([ENCODER, DECODER]))
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("impl", impls(ENCODER))
+@pytest.mark.parametrize("where", [ENCODER, DECODER], ids=["encoder", "decoder"])
+def test_attention(benchmark, bench_session, case, where, impl, mode):
+    time_op(benchmark, bench_session, where, case, impl, mode)

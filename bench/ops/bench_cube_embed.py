@@ -1,14 +1,15 @@
 """cube_embed: the visible cubes' embedding, as training calls it (fp32 clip and parameters under bf16 autocast;
 gradients of weight and bias only: the clip is data and the sinusoid table a fixed buffer).
 
-    python -m bench.ops.bench_cube_embed [--rehearse] [--models B] [--impls triton,eager]
+    pytest bench/ops/bench_cube_embed.py --benchmark-only [--bench-impls triton,eager]
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from bench.ops.harness import OpBench, nbytes, run_module
+from bench.ops.opbench import MODES, OpBench, impls, nbytes, time_op
 from videomae import ops
 from videomae.ops import testing as T
 
@@ -33,5 +34,8 @@ def bytes_moved(kw: dict, out: torch.Tensor, mode: str) -> int:
 
 BENCH = OpBench("cube_embed", ops.cube_embed, ops.cube_embed_ref, inputs, ("weight", "bias"), bytes_moved)
 
-if __name__ == "__main__":
-    run_module(BENCH)
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("impl", impls(BENCH))
+def test_cube_embed(benchmark, bench_session, case, impl, mode):
+    time_op(benchmark, bench_session, BENCH, case, impl, mode)

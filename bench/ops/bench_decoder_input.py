@@ -2,14 +2,15 @@
 training calls it: x_vis from a bf16 linear, fp32 mask token and sinusoid table; gradients of x_vis and the
 mask token.
 
-    python -m bench.ops.bench_decoder_input [--rehearse] [--models B] [--impls triton,eager]
+    pytest bench/ops/bench_decoder_input.py --benchmark-only [--bench-impls triton,eager]
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from bench.ops.harness import OpBench, nbytes, run_module
+from bench.ops.opbench import MODES, OpBench, impls, nbytes, time_op
 from videomae import ops
 from videomae.ops import testing as T
 
@@ -31,5 +32,8 @@ def bytes_moved(kw: dict, out: torch.Tensor, mode: str) -> int:
 BENCH = OpBench("decoder_input", ops.decoder_input, ops.decoder_input_ref, inputs, ("x_vis", "mask_token"),
                 bytes_moved)
 
-if __name__ == "__main__":
-    run_module(BENCH)
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("impl", impls(BENCH))
+def test_decoder_input(benchmark, bench_session, case, impl, mode):
+    time_op(benchmark, bench_session, BENCH, case, impl, mode)

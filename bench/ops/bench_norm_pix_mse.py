@@ -1,14 +1,15 @@
 """norm_pix_mse: the normalized-pixel loss over the decoded cubes, as training calls it: bf16 predictions (the
 head under autocast) against the fp32 clip; gradient of the predictions.
 
-    python -m bench.ops.bench_norm_pix_mse [--rehearse] [--models B] [--impls triton,eager]
+    pytest bench/ops/bench_norm_pix_mse.py --benchmark-only [--bench-impls triton,eager]
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from bench.ops.harness import OpBench, nbytes, run_module
+from bench.ops.opbench import MODES, OpBench, impls, nbytes, time_op
 from videomae import ops
 from videomae.ops import testing as T
 
@@ -31,5 +32,8 @@ def bytes_moved(kw: dict, out: torch.Tensor, mode: str) -> int:
 
 BENCH = OpBench("norm_pix_mse", ops.norm_pix_mse, ops.norm_pix_mse_ref, inputs, ("pred",), bytes_moved)
 
-if __name__ == "__main__":
-    run_module(BENCH)
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("impl", impls(BENCH))
+def test_norm_pix_mse(benchmark, bench_session, case, impl, mode):
+    time_op(benchmark, bench_session, BENCH, case, impl, mode)

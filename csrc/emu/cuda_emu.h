@@ -1,7 +1,7 @@
 // CPU emulation of the CUDA features the kernels use, so CI (no GPU) runs the real kernel code. Each block's
 // threads are fibers (ucontext) on one OS thread, run round-robin: __syncthreads yields, so one round brings
 // every thread to the next barrier. Blocks run one after another, so a function-level `static` array stands in
-// for __shared__. tests/test_cuda_ext.py compiles csrc/ with -DVIDEOMAE_EMULATE -include this header, after
+// for __shared__. tests/ops/conftest.py compiles csrc/ with -DVIDEOMAE_EMULATE -include this header, after
 // rewriting `k<<<grid, block, smem, stream>>>(args)` into `::emu::launch(grid, block, smem, stream, k)(args)`.
 #pragma once
 

@@ -8,9 +8,11 @@ from videomae.masking import MASK_TYPES
 
 NAME = "visualize"
 HELP = "original | masked | reconstruction of one video as PNG and GIF"
-DESCRIPTION = ("Reconstruct one video with pretraining weights (official per-cube un-normalization); writes "
-               "NAME.png (labeled rows, frames in columns) and NAME.gif. Without --model the model stored with "
-               "the checkpoint is used.")
+DESCRIPTION = ("Reconstruct one video with pretraining weights; writes NAME.png (labeled rows, frames in columns) "
+               "and NAME.gif. The reconstruction row follows the official per-cube un-normalization: each masked "
+               "cube takes its colour and contrast from the original clip, and the title says so; --raw shows the "
+               "model's normalized prediction as it is. Without --model the model stored with the checkpoint is "
+               "used.")
 
 
 def add_arguments(p) -> None:
@@ -29,6 +31,8 @@ def add_arguments(p) -> None:
     c.flag(g, "--decoder_depth", type=int, default=None, help="decoder blocks of the checkpoint (default: the "
            "model's, 4 for the official sizes)")
     official.boolean_flag(g, "normlize_target", True, "the checkpoint regresses per-cube normalized pixels")
+    c.flag(g, "--raw", action="store_true", help="show target and prediction in the model's per-cube normalized "
+           "units (drawn as 0.5 + z/6) instead of un-normalizing the prediction with the original clip's statistics")
     c.flag(g, "--seed", type=int, default=0, help="mask seed")
     c.flag(g, "--fps", type=int, default=4, help="GIF frames per second")
     c.flag(g, "--device", default="auto", help="auto, cuda or cpu")

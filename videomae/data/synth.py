@@ -3,9 +3,10 @@
 (Over 400 lines: two generations of one dataset family share the background, the writer and the
 list format; the study in experiments/ reports on both, so they stay side by side.)
 
-Style "ssm" (a miniature Something-Something, the study's dataset) is described at `render_ssm_clip`;
+Style "ssm" (a miniature Something-Something, the second study's dataset) is described at `render_ssm_clip`;
 it is stored raw (`.npy`, uint8 [T, H, W, 3]), because codec noise would become the normalized target
-of flat cubes. Style "tiles" (the demo's data, raw too) lives in `synth_tiles.py`. The styles "texture" and
+of flat cubes. Style "tiles" (the demo's data, raw too) lives in `synth_tiles.py`, style "motion" (the
+study's data, raw too) in `synth_motion.py`. The styles "texture" and
 "smooth" below are the first generation (H.264 files).
 
 Each clip shows one textured shape over a textured static background. The class is the
@@ -34,15 +35,14 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 from videomae.data.synth_tiles import TILES_CLASSES, tiles_clips
 
 CLASSES = ("left", "right", "up", "down", "rotate_cw", "rotate_ccw", "approach", "recede")
 SHAPES = ("disk", "square", "triangle", "cross")
-STYLES = ("texture", "smooth", "ssm", "tiles")
-RAW_STYLES = ("ssm", "tiles")  # stored as raw .npy clips, each with an optional test split
+STYLES = ("texture", "smooth", "ssm", "tiles", "motion")
+RAW_STYLES = ("ssm", "tiles", "motion")  # stored as raw .npy clips, each with an optional test split
 # Time-reversal pairs (2k, 2k+1): the same first-frame distribution, opposite motion.
 SSM_CLASSES = ("left", "right", "up", "down", "rotate_cw", "rotate_ccw", "approach", "recede", "start", "stop",
                "collide", "pass")
@@ -321,9 +321,14 @@ class RawClipReader:
 
 def write_raw_dataset(root: str | Path, style: str, num_train: int, num_val: int, num_test: int, num_frames: int,
                       size: int, seed: int) -> dict[str, Path]:
-    """Raw clips of a raw style ("ssm", "tiles"): `videos/{split}_{i:05d}.npy` and the lists train.txt / val.txt /
-    test.txt -> paths."""
-    make, classes = (ssm_clips, SSM_CLASSES) if style == "ssm" else (tiles_clips, TILES_CLASSES)
+    """Raw clips of a raw style ("ssm", "tiles", "motion"): `videos/{split}_{i:05d}.npy` and the lists train.txt /
+    val.txt / test.txt -> paths."""
+    if style == "motion":  # imported here: synth_motion draws with this module's helpers
+        from videomae.data.synth_motion import MOTION_CLASSES, motion_clips
+
+        make, classes = motion_clips, MOTION_CLASSES
+    else:
+        make, classes = (ssm_clips, SSM_CLASSES) if style == "ssm" else (tiles_clips, TILES_CLASSES)
     root = Path(root)
     (root / "videos").mkdir(parents=True, exist_ok=True)
     paths = {"root": root}
@@ -347,6 +352,8 @@ def write_raw_dataset(root: str | Path, style: str, num_train: int, num_val: int
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 25, crf: int = 18, gop: int = 32) -> None:
     """uint8 [T, H, W, 3] -> H.264 mp4 (libx264, yuv420p, moov atom first). H and W must be even."""
+    import av  # here, not at the top: the raw styles (the study's data) render without PyAV
+
     t, h, w, _ = frames.shape
     if h % 2 or w % 2:
         raise ValueError(f"yuv420p needs even height and width, got {h}x{w}")

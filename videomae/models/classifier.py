@@ -50,11 +50,9 @@ class VisionTransformer(nn.Module):
         use_learnable_pos_emb: bool = False,
         grad_checkpointing: bool = False,
         use_checkpoint: bool | None = None,
-        fused: bool | None = None,
     ):
         super().__init__()
-        # `use_checkpoint`: the official name of grad_checkpointing; `fused` is accepted for older callers and
-        # ignored (every token is embedded: conv3d, no fused op applies).
+        # `use_checkpoint`: the official name of grad_checkpointing.
         grad_checkpointing = grad_checkpointing or bool(use_checkpoint)
         self.num_classes = num_classes
         self.patch_embed = CubeEmbed(patch_size, tubelet_size, in_chans, embed_dim)
@@ -103,3 +101,9 @@ class VisionTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed"}
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter grouping, with the official fine-tuning layer ids: the embedding 0, block i i + 1, the
+        rest (fc_norm, head) last; `timm.optim.param_groups_layer_decay` / `create_optimizer_v2(layer_decay=...)`
+        read it."""
+        return {"stem": r"^cls_token|^pos_embed|^patch_embed", "blocks": [(r"^blocks\.(\d+)", None)]}

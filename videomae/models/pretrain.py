@@ -127,11 +127,10 @@ class PretrainVisionTransformer(nn.Module):
         grad_checkpointing: bool = False,
         normalize_target: bool = True,
         use_checkpoint: bool | None = None,
-        fused: bool | None = None,
     ):
         super().__init__()
-        # `use_checkpoint`: the official name of grad_checkpointing. `fused` is accepted for older callers and
-        # ignored: which kernels run is the ops' dispatch (`videomae.ops.use_backend`), not the model's.
+        # `use_checkpoint`: the official name of grad_checkpointing. Which kernels run is the ops' dispatch
+        # (`videomae.dispatch.use_backend`), not the model's.
         grad_checkpointing = grad_checkpointing or bool(use_checkpoint)
         self.patch_size, self.tubelet_size = patch_size, tubelet_size
         self.normalize_target = normalize_target
@@ -163,9 +162,9 @@ class PretrainVisionTransformer(nn.Module):
     def forward(
         self, videos: torch.Tensor, ids: TokenIds | torch.Tensor, decode_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """videos: [B, C, T, H, W]; ids: `TokenIds` (or a Bool mask [B, N] True = masked, with an optional V2
-        decode_mask [B, N] True = not decoded, converted by `token_ids`: it syncs, keep it out of a step)
-        -> pred [B, N_dec, C*t*p*p]"""
+        """videos: [B, C, T, H, W]; ids: `TokenIds` (validated ones cost nothing; see `token_ids` below), or a Bool
+        mask [B, N] True = masked, with an optional V2 decode_mask [B, N] True = not decoded (converted by
+        `masking.token_ids`: it syncs, keep it out of a step) -> pred [B, N_dec, C*t*p*p]"""
         ids = self.token_ids(videos, ids, decode_mask)
         x_vis = self.encoder_to_decoder(self.encoder(videos, ids.visible))
         pos = table_for_grid(self.decoder_pos_table, self.encoder.grid, self.encoder.patch_embed.grid(videos.shape),
@@ -184,15 +183,25 @@ class PretrainVisionTransformer(nn.Module):
 
     def token_ids(self, videos: torch.Tensor, ids: TokenIds | torch.Tensor,
                   decode_mask: torch.Tensor | None = None) -> TokenIds:
-        """TokenIds as given; Bool masks checked against the clip's grid and converted once by `token_ids`."""
+        """The boundary for ids: `TokenIds` validated for this clip's grid pass as they are (an int compare, no
+        host sync); ids built by hand are validated here (`TokenIds.validated`: a host read, a device wait for GPU
+        tensors, refused inside torch.compile); Bool masks are checked and converted once by `token_ids`."""
+        t, h, w = self.encoder.patch_embed.grid(videos.shape)
+        n = t * h * w
         if isinstance(ids, TokenIds):
             if decode_mask is not None:
                 raise ValueError("decode_mask must be None when ids are TokenIds (they carry the decoded ids)")
+            if ids.validated_for is None:
+                if torch.compiler.is_compiling():
+                    raise ValueError("ids must be validated before a compiled step: make them with masking.token_ids "
+                                     "or TokenIds.validated(num_tokens) where the batch is made")
+                return ids.validated(n)
+            if ids.validated_for != n:
+                raise ValueError(f"ids were validated for {ids.validated_for} tokens, the clip has {n} ({t}x{h}x{w})")
             return ids
-        t, h, w = self.encoder.patch_embed.grid(videos.shape)
-        check_mask(ids, videos.shape[0], t * h * w, "mask")
+        check_mask(ids, videos.shape[0], n, "mask")
         if decode_mask is not None:
-            check_mask(decode_mask, videos.shape[0], t * h * w, "decode_mask")
+            check_mask(decode_mask, videos.shape[0], n, "decode_mask")
         return token_ids(ids, decode_mask)
 
     def no_weight_decay(self) -> set[str]:

@@ -1,15 +1,16 @@
 """Fused VideoMAE ops with per-call backend dispatch: `cube_embed`, `decoder_input`, `norm_pix_mse`.
 
 One module per op (`videomae/ops/<op>.py`): the public function, its reference `<op>_ref`, fake kernel and
-autograd glue. Backends supply only kernels; the order `auto` tries them in is `videomae.dispatch.PRIORITY` (the
-one table for ops and attention: cuda > triton > torch), and `VIDEOMAE_BACKEND=auto|cuda|triton|torch` or
-`with use_backend(name):` forces one:
+autograd glue. Backends supply only kernels; which one runs is `videomae.dispatch` (the one dispatcher, shared
+with attention; its docstring says how to force one: `with use_backend(name):` or `VIDEOMAE_BACKEND`):
 - `torch`:  eager torch, any device (`torch_backend.py`): the ops' references, the unfused path.
 - `triton`: the Triton kernels of `kernels/`, installed as `videomae.kernels` (CUDA; CPU under `TRITON_INTERPRET=1`).
 - `cuda`:   the compiled extension `videomae._C`, registered by `cuda_backend.py` when present.
 
 The ops take masks in index form (`videomae.masking.TokenIds`: int64 ids, made and validated on the CPU by
-`masking.token_ids`), so every shape is static and a step never waits on the host.
+`masking.token_ids`), so every shape is static and a step never waits on the host. Bad input is one ValueError
+naming the argument, raised before dispatch by `_checks.py` (the same for every backend); every kernel stays
+inside its buffers whatever the ids hold.
 
 Torch op names: backend `X` owns `videomae::{op}_X` and `videomae::{op}_X_backward` for each op, e.g.
 `videomae::cube_embed_torch`, `videomae::norm_pix_mse_triton_backward`, `videomae::decoder_input_cuda`;
@@ -19,7 +20,7 @@ schemas in `library.SCHEMAS` (the one table), fake kernels and autograd register
 Adding a backend `X` (how `cuda_backend.py` plugs in): define the six ops `videomae::{op}_X[_backward]` with
 the schemas of `library.SCHEMAS` (Python: `library.define_ops("X", impls)`; C++: kernels under
 `TORCH_LIBRARY_IMPL` only, the schemas defined from `SCHEMAS` by `cuda_backend.define_schemas()`, then
-`library.register_fakes_and_autograd("X")`), subclass `dispatch.Backend` (name, devices, dtypes,
+`library.register_fakes_and_autograd("X")`), subclass `videomae.dispatch.Backend` (name, devices, dtypes,
 min_compute_capability, `not_supported_reasons`) and call `register_backend(XBackend())`; this package imports
 `videomae/ops/X_backend.py` for X in (triton, cuda), and an import error becomes a reason in `backend_report()`.
 """
@@ -29,9 +30,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from .cube_embed import cube_embed, cube_embed_ref
-from .decoder_input import decoder_input, decoder_input_ref
-from .dispatch import (
+from videomae.dispatch import (
     Backend,
     NotSupportedError,
     TorchBackend,
@@ -41,7 +40,10 @@ from .dispatch import (
     select,
     use_backend,
 )
-from .norm_pix_mse import norm_pix_mse, norm_pix_mse_ref, pixel_targets
+
+from .cube_embed import cube_embed, cube_embed_ref
+from .decoder_input import decoder_input, decoder_input_ref
+from .norm_pix_mse import norm_pix_mse, norm_pix_mse_ref, pixel_loss, pixel_targets
 
 __all__ = [
     "Backend",
@@ -53,6 +55,7 @@ __all__ = [
     "decoder_input_ref",
     "norm_pix_mse",
     "norm_pix_mse_ref",
+    "pixel_loss",
     "pixel_targets",
     "register_backend",
     "select",

@@ -1,14 +1,23 @@
-"""Input validation shared by every backend: bad input is a ValueError that names the argument.
+"""Input validation shared by every backend: bad input is one line, a ValueError that names the argument.
 
 Validation runs once, in the public op, before dispatch, so a call fails the same way whichever backend would
-have run it. It reads shapes, dtypes and devices only, never tensor values (that would sync with a GPU):
-token ids in range, equal counts per sample and raster order are checked where they are made, by
-`videomae.masking.token_ids`.
+have run it. Shapes, dtypes, devices and the per-channel statistics are always checked. Token id values (in
+[0, N), none repeated within a row: `masking.check_ids`, the one copy of those rules) are checked here only
+where the host can read them without waiting: CPU tensors, outside `torch.compile`. A GPU's ids are checked
+where they are made, on the CPU (`masking.TokenIds.validated_for`, which the model requires); and whatever an
+id holds, no kernel reads or writes outside its buffers (an id outside [0, N) reads and writes nothing).
+
+Degenerate inputs, the same on every backend: an empty batch or no visible cube gives empty outputs
+(`cube_embed`, `decoder_input`); a loss over no decoded cube is refused here; `std` must be positive.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from videomae.masking import check_ids
 
 FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 VIDEO_DTYPES = (*FLOATS, torch.uint8)
@@ -33,12 +42,15 @@ def _same_device(ref: torch.Tensor, **tensors: torch.Tensor | None) -> None:
 
 
 def _ids(ids, name: str, batch: int, num_tokens: int, count: int | None = None) -> int:
-    """Token ids [B, K] int64 (K <= N, or K == count when given) -> K."""
+    """Token ids [B, K] int64 (K <= N, or K == count when given), values checked when readable (module doc) -> K."""
     _tensor(ids, name, (2,), (torch.int64,))
     k = ids.shape[1]
     if ids.shape[0] != batch or k > num_tokens or (count is not None and k != count):
         want = f"[B={batch}, {'K<=' + str(num_tokens) if count is None else count}]"
         raise ValueError(f"{name} must be int64 token ids of shape {want}, got {list(ids.shape)}")
+    # `type(...) is` excludes fake and functional tensors (tracing), whose values do not exist.
+    if not torch.compiler.is_compiling() and type(ids) is torch.Tensor and ids.device.type == "cpu":
+        check_ids(ids, name, num_tokens)
     return k
 
 
@@ -49,9 +61,15 @@ def _pos(pos, name: str, num_tokens: int, width: int) -> None:
         raise ValueError(f"{name} must have shape {list(want)} (or [N, D]), got {list(pos.shape)}")
 
 
-def _stats(values, name: str, channels: int) -> None:
-    if len(values) != channels:
-        raise ValueError(f"{name} must have one value per channel ({channels}), got {len(values)}")
+def _stats(mean, std, channels: int) -> None:
+    """Per-channel statistics: one finite value each, std positive (a zero std would divide by zero)."""
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) != channels:
+            raise ValueError(f"{name} must have one value per channel ({channels}), got {len(values)}")
+    if not all(math.isfinite(m) for m in mean):
+        raise ValueError(f"mean must be finite, got {tuple(mean)}")
+    if not all(math.isfinite(s) and s > 0 for s in std):
+        raise ValueError(f"std must be positive and finite, got {tuple(std)}")
 
 
 def grid_of(videos: torch.Tensor, tubelet: int, patch: int, name: str = "videos") -> tuple[int, int, int]:
@@ -82,9 +100,8 @@ def check_cube_embed(videos, weight, bias, pos, visible, mean, std) -> None:
         _pos(pos, "pos", tt * hh * ww, d)
     _ids(visible, "visible", b, tt * hh * ww)
     _same_device(videos, weight=weight, bias=bias, pos=pos, visible=visible)
-    if videos.dtype == torch.uint8:
-        _stats(mean, "mean", c)
-        _stats(std, "std", c)
+    if videos.dtype == torch.uint8:  # a float clip is used as it is: mean and std play no part
+        _stats(mean, std, c)
 
 
 def check_decoder_input(x_vis, mask_token, pos, visible, decoded) -> None:
@@ -111,6 +128,9 @@ def check_norm_pix_mse(pred, videos, decoded, scored, tubelet, patch, style, mea
         raise ValueError(f"style must be 'videomae' or 'mae_st', got {style!r}")
     tt, hh, ww = grid_of(videos, tubelet, patch)
     n_dec = _ids(decoded, "decoded", b, tt * hh * ww)
+    if n_dec == 0 or b == 0:
+        raise ValueError(f"decoded must list at least one cube (the loss is a mean over them), got shape "
+                         f"{list(decoded.shape)}")
     want = (b, n_dec, c * tubelet * patch * patch)
     if tuple(pred.shape) != want:
         raise ValueError(f"pred must have shape {list(want)} (decoded cubes x values), got {list(pred.shape)}")
@@ -119,5 +139,4 @@ def check_norm_pix_mse(pred, videos, decoded, scored, tubelet, patch, style, mea
         if tuple(scored.shape) != (b, n_dec):
             raise ValueError(f"scored must be Bool of decoded's shape {[b, n_dec]}, got {list(scored.shape)}")
     _same_device(pred, videos=videos, decoded=decoded, scored=scored)
-    _stats(mean, "mean", c)
-    _stats(std, "std", c)
+    _stats(mean, std, c)

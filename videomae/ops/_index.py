@@ -31,37 +31,40 @@ def take_rows(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 def put_rows(rows: torch.Tensor, ids: torch.Tensor, num_tokens: int, dtype: torch.dtype | None = None,
              into: torch.Tensor | None = None) -> torch.Tensor:
-    """rows [B, K, D] -> [B, N, D], zero except out[b, ids[b, k]] = rows[b, k] (added to `into` when given).
+    """rows [B, K, D] -> [B, N, D], zero except out[b, ids[b, k]] += rows[b, k] (added to `into` when given).
 
-    Ids are unique per sample, so the scatter has no collisions: deterministic on every device.
+    Validated ids are unique per sample: each output gets at most one add onto zero, so the result is
+    deterministic on every device; a repeated id (refused by validation) still gets the sum of its rows.
     """
     b, _, d = rows.shape
     idx = ids.unsqueeze(-1).expand(*ids.shape, d)
-    if into is not None:
-        return into.scatter_add(1, idx, rows.to(into.dtype))
-    out = rows.new_zeros(b, num_tokens, d, dtype=dtype or rows.dtype)
-    return out.scatter_(1, idx, rows.to(out.dtype))
+    if into is None:
+        into = rows.new_zeros(b, num_tokens, d, dtype=dtype or rows.dtype)
+    return into.scatter_add(1, idx, rows.to(into.dtype))
 
 
 def rows_of(tokens: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """tokens [B, K] -> rows [B, N] int32: rows[b, tokens[b, k]] = k, -1 for tokens not listed.
 
-    The inverse map lets a per-token reduction (the pos gradient) gather instead of scatter-add,
-    which keeps it deterministic.
+    The inverse map lets a per-token reduction (the pos gradient) gather instead of scatter-add, which keeps it
+    deterministic. An id outside [0, N) is not listed (it lands in a spare column, dropped); of a repeated id
+    (refused by validation) one row is kept, which one unspecified.
     """
     b, k = tokens.shape
-    rows = torch.full((b, num_tokens), -1, dtype=torch.int32, device=tokens.device)
+    real = (tokens >= 0) & (tokens < num_tokens)
+    rows = torch.full((b, num_tokens + 1), -1, dtype=torch.int32, device=tokens.device)
     src = torch.arange(k, dtype=torch.int32, device=tokens.device).expand(b, k)
-    return rows.scatter_(1, tokens, src)
+    return rows.scatter_(1, torch.where(real, tokens, num_tokens), src)[:, :num_tokens].contiguous()
 
 
-def loss_weights(decoded: torch.Tensor, scored: torch.Tensor | None, values_per_cube: int) -> torch.Tensor:
+def loss_weights(decoded: torch.Tensor, scored: torch.Tensor | None, values_per_cube: int,
+                 num_tokens: int) -> torch.Tensor:
     """Weight of each decoded cube's squared-error sum in the loss -> [B, N_dec] fp32, on the device.
 
-    V1 (scored None): 1 / (B * N_dec * E), the mean over all values; V2: scored / (E * #scored).
+    V1 (scored None): 1 / (E * #cubes), the mean over all values; V2: scored / (E * #scored). A cube whose id is
+    outside [0, N) weighs 0 and is not counted (as in the CUDA kernels). No counted cube: NaN (0 / 0).
     """
-    if scored is None:
-        return torch.full(decoded.shape, 1.0 / (decoded.numel() * values_per_cube), dtype=torch.float32,
-                          device=decoded.device)
-    w = scored.float()
+    w = ((decoded >= 0) & (decoded < num_tokens)).float()
+    if scored is not None:
+        w = w * scored
     return w / (values_per_cube * w.sum())

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from videomae.loss import IMAGENET_MEAN, IMAGENET_STD
+from videomae.constants import IMAGENET_MEAN, IMAGENET_STD
+from videomae.dispatch import select
 
 from . import _checks
 from ._index import channel_constants, take_rows
-from .dispatch import select
 from .library import torch_op
 
 
@@ -35,6 +35,14 @@ def cube_embed(
     [N, D] or None (any float dtype, cast to the output dtype as the official `type_as`);
     visible: [B, N_vis] int64 token ids (from `masking.token_ids`) -> [B, N_vis, D] in weight's dtype.
     Under autocast the weight is cast to the autocast dtype first, as conv3d would; the clip, bias and pos are not.
+
+    Bad input is one ValueError naming the argument, the same on every backend (`_checks`): shapes, dtypes, a
+    uint8 clip's mean / std (std > 0), and the ids' values where the host reads them free (CPU tensors, eager).
+    Degenerate shapes, the same on every backend: an empty batch or no visible cube gives an empty [B, N_vis, D]
+    output and zero gradients. Whatever the ids hold, no kernel leaves its buffers: Triton and CUDA embed an id
+    outside [0, N) as the bias alone (no pixel, no pos, no gradient to the clip or pos); torch's indexing refuses
+    it. A repeated id (refused by validation) is embedded twice; d weight and d bias stay exact, but the fused
+    backends' d videos and d pos count one of its rows (torch's count both).
     """
     if torch.is_autocast_enabled(videos.device.type):
         weight = weight.to(torch.get_autocast_dtype(videos.device.type))

@@ -12,9 +12,8 @@ from __future__ import annotations
 import torch
 
 from videomae import _ext
-from videomae.dispatch import capability
+from videomae.dispatch import Backend, capability, mark_broken, register_backend
 
-from .dispatch import Backend, mark_broken, register_backend
 from .library import SCHEMAS, qualname, register_fakes_and_autograd
 
 MAX_CHANNELS = 4  # per-channel constants live in registers (csrc/videomae_kernels.h: ChannelAffine)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from videomae.dispatch import select
+
 from . import _checks
 from ._index import take_rows
-from .dispatch import select
 from .library import torch_op
 
 PROMOTING = ("torch",)  # backends whose output follows torch's type promotion (see the module docstring)
@@ -30,6 +31,12 @@ def decoder_input(
     """x_vis: [B, N_vis, Dd]; mask_token: [1, 1, Dd] or [Dd]; pos: [1, N, Dd] or [N, Dd];
     visible: [B, N_vis], decoded: [B, N_dec] int64 token ids (`masking.TokenIds`)
     -> [B, N_vis + N_dec, Dd], visible rows first then decoded ones, each in the ids' order
+
+    Bad input is one ValueError naming the argument, the same on every backend (`_checks`; id values where the
+    host reads them free: CPU tensors, eager). An empty batch gives an empty output; no visible cube gives the
+    mask-token rows alone. Whatever the ids hold, no kernel leaves its buffers: Triton and CUDA add no pos row for
+    an id outside [0, N) (and give it no pos gradient); torch's indexing refuses it. A repeated id (refused by
+    validation): exact output, d x_vis and d mask_token; the fused backends' d pos counts one of its rows.
     """
     _checks.check_decoder_input(x_vis, mask_token, pos, visible, decoded)
     inputs = dict(x_vis=x_vis, mask_token=mask_token, pos=pos, visible=visible, decoded=decoded)

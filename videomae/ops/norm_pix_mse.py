@@ -3,7 +3,7 @@ cubes it reconstructs (VideoMAE V1, V2 dual masking, MAE-ST), in fp32.
 
 One place for the op: the public function (validation once, dispatch), the targets `pixel_targets` and the
 reference `norm_pix_mse_ref` written the way the official engines compute them, the fake kernel and the
-autograd glue. Backends supply only kernels.
+autograd glue. Backends supply only kernels; `pixel_loss` is the op for Bool masks.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from videomae.loss import IMAGENET_MEAN, IMAGENET_STD
+from videomae.constants import IMAGENET_MEAN, IMAGENET_STD
+from videomae.dispatch import select
+from videomae.masking import token_ids
 
 from . import _checks
 from ._index import channel_constants, take_rows
-from .dispatch import select
 from .library import torch_op
 
 STYLES = ("videomae", "mae_st")
@@ -40,12 +41,45 @@ def norm_pix_mse(
     (mean, std), or uint8; decoded: [B, N_dec] int64 ids of pred's cubes; scored: [B, N_dec] Bool, the cubes the
     loss counts (V2: decoded and masked), None = all (V1) -> scalar fp32 loss; d pred comes back in pred's dtype.
     V1: mean over all values of the decoded cubes; V2: per-cube mean averaged over the scored cubes.
+
+    Degenerate input, the same on every backend: no decoded cube (N_dec = 0, or B = 0) is a ValueError naming
+    `decoded`; a zero or negative `std` is a ValueError; V2 ids whose batch scores no cube give NaN (the mean of
+    nothing; a data-dependent case a step cannot check without a host sync; the trainer skips a non-finite step).
+    Ids: checked by value when on the CPU (`_checks`); on any device an id outside [0, N) reads nothing and
+    weighs 0 on the fused backends. Duplicated decoded ids are refused by that check; if they slip through, each
+    copy is a cube of its own in the mean (the loss and d pred stay exact).
     """
     _checks.check_norm_pix_mse(pred, videos, decoded, scored, tubelet_size, patch_size, style, mean, std)
     backend = select("norm_pix_mse", dict(pred=pred, videos=videos, decoded=decoded, scored=scored))
     return torch_op("norm_pix_mse", backend.name)(
         pred, videos, decoded, scored, tubelet_size, patch_size, normalize_target, style, list(mean), list(std)
     )
+
+
+def patchify(videos: torch.Tensor, tubelet_size: int = 2, patch_size: int = 16) -> torch.Tensor:
+    """videos: [B, C, T, H, W] -> cubes [B, N, t*p*p, C] in (t, h, w) raster order."""
+    return rearrange(videos, "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c", p0=tubelet_size, p1=patch_size,
+                     p2=patch_size)
+
+
+def pixel_loss(
+    pred: torch.Tensor,
+    videos: torch.Tensor,
+    mask: torch.Tensor,
+    normalize_target: bool = True,
+    tubelet_size: int = 2,
+    patch_size: int = 16,
+    decode_mask: torch.Tensor | None = None,
+    *,
+    style: str = "videomae",
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> torch.Tensor:
+    """`norm_pix_mse` for Bool masks (mask: [B, N] True = masked; decode_mask: [B, N] True = not decoded, V2),
+    converted by `masking.token_ids` (validates; syncs on a GPU: not for a training step)."""
+    ids = token_ids(mask, decode_mask)
+    return norm_pix_mse(pred, videos, ids.decoded, ids.scored, tubelet_size=tubelet_size, patch_size=patch_size,
+                        normalize_target=normalize_target, style=style, mean=mean, std=std)
 
 
 def pixel_targets(
@@ -75,8 +109,7 @@ def pixel_targets(
             x = x / 255 if style == "videomae" else (x / 255 - m) / s
         elif style == "videomae":
             x = x * s + m
-        cubes = rearrange(x, "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c",
-                          p0=tubelet_size, p1=patch_size, p2=patch_size)
+        cubes = patchify(x, tubelet_size, patch_size)
         if normalize_target and style == "videomae":
             mu = cubes.mean(dim=-2, keepdim=True)
             sd = cubes.var(dim=-2, unbiased=True, keepdim=True).sqrt()

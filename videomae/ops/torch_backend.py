@@ -2,7 +2,8 @@
 
 Forward kernels are the ops' references (`<op>_ref`, the official computation: conv3d over every cube,
 torch's type promotion in the decoder input, targets of every cube); backward kernels are written out with
-static-shape gathers and collision-free scatters (deterministic on every device).
+static-shape gathers and scatter-adds onto zeros (deterministic on every device for ids without repeats; a
+repeated id still gets the sum of its rows). Ids outside [0, N) are refused by aten's own bounds checks.
 """
 
 from __future__ import annotations
@@ -39,17 +40,17 @@ def cube_embed_backward(grad: torch.Tensor, videos: torch.Tensor, weight: torch.
     need_videos, need_weight, need_bias, need_pos = needs
     _, _, t, p, _ = weight.shape
     grid = (videos.shape[2] // t, videos.shape[3] // p, videos.shape[4] // p)
-    n, d = grid[0] * grid[1] * grid[2], weight.shape[0]
+    n, d, k = grid[0] * grid[1] * grid[2], weight.shape[0], weight[0].numel()  # sizes spelled out: B may be 0
     g = grad.reshape(-1, d)
     gv, gw, gb, gp = (grad.new_empty(0) for _ in range(4))  # distinct: op outputs may not alias
     if need_weight:
-        gw = (g.t() @ take_rows(_cubes(videos, weight, mean, std), visible).reshape(g.shape[0], -1)).view_as(weight)
+        gw = (g.t() @ take_rows(_cubes(videos, weight, mean, std), visible).reshape(g.shape[0], k)).view_as(weight)
     if need_bias:
         gb = g.sum(0, dtype=torch.float32)
     if need_pos:
         gp = put_rows(grad, visible, n, torch.float32).sum(0)
     if need_videos:
-        full = put_rows((g @ weight.reshape(d, -1)).view(*visible.shape, -1), visible, n)
+        full = put_rows((g @ weight.reshape(d, k)).view(*visible.shape, k), visible, n)
         gv = rearrange(full, "b (t h w) (c p0 p1 p2) -> b c (t p0) (h p1) (w p2)", t=grid[0], h=grid[1], w=grid[2],
                        p0=t, p1=p, p2=p).to(videos.dtype).contiguous()
     return gv, gw, gb, gp
@@ -90,7 +91,8 @@ def norm_pix_mse_backward(grad: torch.Tensor, pred: torch.Tensor, videos: torch.
     """grad: scalar -> d pred [B, N_dec, E] in pred's dtype (targets recomputed, never stored)."""
     target = pixel_targets(videos, normalize_target=normalize_target, tubelet_size=tubelet_size,
                            patch_size=patch_size, style=style, mean=mean, std=std)
-    w = loss_weights(decoded, scored, pred.shape[-1]).unsqueeze(-1)
+    n = (videos.shape[2] // tubelet_size) * (videos.shape[3] // patch_size) * (videos.shape[4] // patch_size)
+    w = loss_weights(decoded, scored, pred.shape[-1], n).unsqueeze(-1)
     return (2 * grad.float() * w * (pred.float() - take_rows(target, decoded))).to(pred.dtype)
 
 

@@ -1,5 +1,8 @@
 """The `triton` backend: ops `videomae::{op}_triton` over the Triton kernels of `kernels/` (`videomae.kernels`).
 
+Like every kernel, these read and write nothing outside their buffers whatever the token ids hold (an id outside
+[0, N) is not real: no pixel, no pos row, weight 0); shapes and dtypes are the public op's to check.
+
 On GPU the ops are `torch.library.triton_op`s: every shape is static, so torch.compile traces each body down to
 its kernels (`wrap_triton`). Under `TRITON_INTERPRET=1` they are opaque `custom_op`s running on CPU tensors: the
 interpreter's kernels cannot run on fake tensors, and CI tests the kernels' numerics that way.
@@ -9,13 +12,13 @@ from __future__ import annotations
 
 import torch
 
+from videomae.dispatch import Backend, register_backend
 from videomae.kernels._common import INTERPRET, token_sum
 from videomae.kernels.cube_embed import cube_embed_fwd, gather_cubes, scatter_cubes
 from videomae.kernels.decoder_input import decoder_input_fwd
 from videomae.kernels.norm_pix_mse import norm_pix_mse_bwd, norm_pix_mse_fwd
 
 from ._index import loss_weights, rows_of
-from .dispatch import Backend, register_backend
 from .library import define_ops
 
 
@@ -72,17 +75,21 @@ def decoder_input_backward(grad: torch.Tensor, visible: torch.Tensor, decoded: t
     return gx, gm, gp
 
 
+def _tokens(videos: torch.Tensor, tubelet: int, patch: int) -> int:
+    return (videos.shape[2] // tubelet) * (videos.shape[3] // patch) * (videos.shape[4] // patch)
+
+
 def norm_pix_mse(pred: torch.Tensor, videos: torch.Tensor, decoded: torch.Tensor, scored: torch.Tensor | None,
                  tubelet_size: int, patch_size: int, normalize_target: bool, style: str, mean: list[float],
                  std: list[float]) -> torch.Tensor:
-    w = loss_weights(decoded, scored, pred.shape[2])
+    w = loss_weights(decoded, scored, pred.shape[2], _tokens(videos, tubelet_size, patch_size))
     return norm_pix_mse_fwd(pred, videos, decoded, w, tubelet_size, patch_size, normalize_target, style, mean, std)
 
 
 def norm_pix_mse_backward(grad: torch.Tensor, pred: torch.Tensor, videos: torch.Tensor, decoded: torch.Tensor,
                           scored: torch.Tensor | None, tubelet_size: int, patch_size: int, normalize_target: bool,
                           style: str, mean: list[float], std: list[float]) -> torch.Tensor:
-    w = loss_weights(decoded, scored, pred.shape[2])
+    w = loss_weights(decoded, scored, pred.shape[2], _tokens(videos, tubelet_size, patch_size))
     return norm_pix_mse_bwd(grad, pred, videos, decoded, w, tubelet_size, patch_size, normalize_target, style, mean,
                             std)
 

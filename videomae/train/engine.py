@@ -138,10 +138,7 @@ class StepConfig:
 
 
 def apply_config(model: nn.Module, config: StepConfig) -> None:
-    """Process-wide and model switches: attention backend, TF32, activation checkpointing."""
-    from videomae import attention
-
-    attention.set_attention_backend(config.attention)
+    """Process-wide and model switches: TF32, activation checkpointing (the backends: `ops_context`)."""
     # The legacy switches and the matmul precision together: torch refuses to read a mix of old and new settings.
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = config.tf32
     torch.set_float32_matmul_precision("high" if config.tf32 else "highest")
@@ -194,12 +191,11 @@ def pretrain_objective(model: nn.Module, config: StepConfig, core: nn.Module | N
 
 
 def ops_context(config: StepConfig):
-    """The forced `videomae.ops` backend for the step (auto: per-call dispatch)."""
-    if config.ops_backend == "auto":
-        return contextlib.nullcontext()
-    from videomae import ops
+    """The backends forced for the step, ops and attention (`auto`: the env vars, else per-call dispatch)."""
+    from videomae.dispatch import use_backend
 
-    return ops.use_backend(config.ops_backend)
+    return use_backend(None if config.ops_backend == "auto" else config.ops_backend,
+                       attention=None if config.attention == "auto" else config.attention)
 
 
 # ---------------------------------------------------------------- the step
@@ -286,7 +282,7 @@ class GraphedStep:
     def __init__(self, step: Callable[[list], StepOut], example: list, params: list[torch.Tensor],
                  optimizer: torch.optim.Optimizer):
         leaves, self.spec = pytree.tree_flatten(example)
-        if not all(isinstance(x, torch.Tensor) and x.is_cuda for x in leaves if x is not None):
+        if not all(x.is_cuda for x in leaves if isinstance(x, torch.Tensor)):  # ints (TokenIds.validated_for) stay
             raise ValueError("cuda_graphs needs every tensor of the batch on a CUDA device")
         self.static = [x.clone() if isinstance(x, torch.Tensor) else x for x in leaves]
         batch = pytree.tree_unflatten(self.static, self.spec)

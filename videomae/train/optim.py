@@ -1,4 +1,13 @@
-"""AdamW with the official parameter groups: weight-decay exclusions and fine-tuning layer decay."""
+"""AdamW with the official parameter groups: weight-decay exclusions and fine-tuning layer decay.
+
+Layer decay is timm's `param_groups_layer_decay` over the model's `group_matcher` (the classifier's gives the
+official ids: embedding 0, block i i + 1, the rest L + 1, so lr scale `ld ** (L + 1 - id)`); its groups equal the
+official ones, scales, weight-decay sets and order (tests/test_train_units.py checks a hand-computed table).
+Without layer decay the groups are ours: the official two groups in order of first appearance (pretraining
+models: no-decay first, the mask token being their first parameter; classifiers: decay first). timm's
+`param_groups_weight_decay` always puts no-decay first, and an optimizer state indexes its groups by position:
+a classifier's state written in the official order would not load.
+"""
 
 from __future__ import annotations
 
@@ -12,39 +21,27 @@ def skip_weight_decay(name: str, param: torch.Tensor, skip: set[str]) -> bool:
     return param.ndim <= 1 or name.endswith(".bias") or name in skip
 
 
-def vit_layer_id(name: str, num_layers: int) -> int:
-    """Official `get_layer_id_for_vit` for a depth-`num_layers` classifier: tokens and patch embedding
-    0, block i -> i + 1, everything else (fc_norm, head) -> num_layers + 1."""
-    if name in ("cls_token", "mask_token", "pos_embed") or name.startswith("patch_embed"):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return num_layers + 1
-
-
-def layer_scales(layer_decay: float, num_layers: int) -> list[float]:
-    """`ld ** (L + 1 - id)` for id in 0..L+1."""
-    return [layer_decay ** (num_layers + 1 - i) for i in range(num_layers + 2)]
-
-
 def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
-    """Groups keyed by (decay, layer id); each group carries `lr_scale` that the schedule multiplies in.
-
-    layer_decay applies to classifiers with `blocks` (fine-tuning); None or 1.0 gives one scale."""
+    """Groups of `params` (and their `names`), each with `weight_decay` and the `lr_scale` the schedule
+    multiplies in. layer_decay (fine-tuning) needs a model with `group_matcher`; None or 1.0: one scale."""
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    use_ld = layer_decay is not None and layer_decay != 1.0
-    num_layers = len(model.blocks) if use_ld else 0
-    scales = layer_scales(layer_decay, num_layers) if use_ld else None
-    groups: dict[tuple[str, int], dict] = {}
+    if layer_decay is not None and layer_decay != 1.0:
+        if not hasattr(model, "group_matcher"):
+            raise ValueError(f"layer decay {layer_decay} needs a model with layer ids (group_matcher); "
+                             f"{type(model).__name__} has none")
+        from timm.optim import param_groups_layer_decay
+
+        groups = param_groups_layer_decay(model, weight_decay, no_weight_decay_list=sorted(skip),
+                                          layer_decay=layer_decay)
+        name_of = {id(p): n for n, p in model.named_parameters()}
+        return [{**g, "names": [name_of[id(p)] for p in g["params"]]} for g in groups]
+    groups: dict[str, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         decay = "no_decay" if skip_weight_decay(name, p, skip) else "decay"
-        layer = vit_layer_id(name, num_layers) if use_ld else 0
-        group = groups.setdefault((decay, layer), {
-            "params": [], "names": [], "weight_decay": 0.0 if decay == "no_decay" else weight_decay,
-            "lr_scale": scales[layer] if use_ld else 1.0,
-        })
+        group = groups.setdefault(decay, {"params": [], "names": [], "lr_scale": 1.0,
+                                          "weight_decay": 0.0 if decay == "no_decay" else weight_decay})
         group["params"].append(p)
         group["names"].append(name)
     return list(groups.values())

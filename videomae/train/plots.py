@@ -50,6 +50,41 @@ def training_curves(rows: list[dict], output_dir: str | Path) -> list[Path]:
             curve(steps, [r["lr"] for r in rows], "learning rate", out / "lr.png", smooth=False)]
 
 
+def accuracy_figure(rows: list[dict]):
+    """log.txt rows (one per epoch) -> a matplotlib Figure: validation top-1 (and top-5 where logged) per epoch
+    on the left, the epoch's mean training loss on the right. None when no row has `val_acc1`."""
+    rows = sorted((r for r in rows if r.get("val_acc1") is not None), key=lambda r: r["epoch"])
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
+    epochs = [r["epoch"] for r in rows]
+    acc.plot(epochs, [r["val_acc1"] for r in rows], marker="o", lw=1.5, label="val top-1")
+    if all(r.get("val_acc5") is not None for r in rows):
+        acc.plot(epochs, [r["val_acc5"] for r in rows], marker=".", lw=1.0, alpha=0.7, label="val top-5")
+    acc.set_ylabel("validation accuracy (%)")
+    acc.legend(loc="lower right")
+    trained = [r for r in rows if r.get("train_loss") is not None]
+    loss.plot([r["epoch"] for r in trained], [r["train_loss"] for r in trained], marker="o", lw=1.5, color="C3")
+    loss.set_ylabel("training loss (epoch mean)")
+    for ax in (acc, loss):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_curve(rows: list[dict], output_dir: str | Path) -> list[Path]:
+    """log.txt rows -> accuracy.png (see `accuracy_figure`); [] when the run had no validation."""
+    fig = accuracy_figure(rows)
+    if fig is None:
+        return []
+    path = Path(output_dir) / "accuracy.png"
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return [path]
+
+
 def confusion_matrix(matrix: np.ndarray, class_names: list[str], path: str | Path) -> Path:
     """matrix[true, predicted] counts -> row-normalized heat map with the counts written in."""
     plt = _pyplot()
