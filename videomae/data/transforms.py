@@ -132,22 +132,10 @@ def normalize(
         out = x.contiguous().float()
     else:
         out.copy_(x)
-    a, b = _affine(tuple(mean), tuple(std), 255.0 if clip.dtype == torch.uint8 else 1.0, clip.device)
+    scale = 255.0 if clip.dtype == torch.uint8 else 1.0
+    a = torch.tensor([1.0 / (scale * s) for s in std], dtype=torch.float32, device=clip.device).view(3, 1, 1, 1)
+    b = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32, device=clip.device).view(3, 1, 1, 1)
     return out.mul_(a).add_(b)
-
-
-_AFFINE: dict = {}
-
-
-def _affine(mean: tuple, std: tuple, scale: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1 / (scale std), -mean / std) as [3, 1, 1, 1] fp32 on `device`, made once per device: a tensor built from
-    Python numbers on a GPU is a host-to-device copy that waits for the device."""
-    key = (mean, std, scale, str(device))
-    if key not in _AFFINE:
-        _AFFINE[key] = (torch.tensor([1.0 / (scale * s) for s in std], dtype=torch.float32).view(3, 1, 1, 1).to(device),
-                        torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32).view(3, 1, 1, 1)
-                        .to(device))
-    return _AFFINE[key]
 
 
 def random_erasing(clip: torch.Tensor, rng: np.random.Generator, prob: float = 0.25, min_area: float = 0.02,
