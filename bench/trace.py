@@ -566,8 +566,8 @@ def _inputs(step: Step, model, mode) -> tuple:
     ids = token_ids(mask, decode)
     with mode:
         videos = torch.empty(shape, dtype=dtype, device="cuda")
-        fake = type(ids)(*(None if t is None else torch.empty(t.shape, dtype=t.dtype, device="cuda")
-                           for t in ids))
+        fake = type(ids)(*(torch.empty(t.shape, dtype=t.dtype, device="cuda") if isinstance(t, torch.Tensor) else t
+                           for t in ids))  # None and validated_for kept
     return videos, fake
 
 

@@ -117,8 +117,7 @@ def loader_batches(spec: dict, device: torch.device, sets: int = 2, seed: int = 
         boxes = torch.tensor([(0, 0, ch, cw) for ch, cw in crops], dtype=torch.int64)
         ids = token_ids(tube_mask(batch, grid, ratio))
         if pin:
-            data, boxes = data.pin_memory(), boxes.pin_memory()
-            ids = type(ids)(*(None if t is None else t.pin_memory() for t in ids))
+            data, boxes, ids = data.pin_memory(), boxes.pin_memory(), ids.pin_memory()
         out.append((data, boxes, ids))
     return out
 

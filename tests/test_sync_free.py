@@ -107,8 +107,7 @@ def loader_batch(v2: bool, seed: int = 1):
     frames, boxes = pad_frames(crops), torch.tensor([[0, 0, 40, 36], [0, 0, 30, 44]])
     _, ids = tiny_batch(v2, seed)
     if torch.cuda.is_available():
-        frames, boxes = frames.pin_memory(), boxes.pin_memory()
-        ids = type(ids)(*(None if t is None else t.pin_memory() for t in ids))
+        frames, boxes, ids = frames.pin_memory(), boxes.pin_memory(), ids.pin_memory()
     return frames, boxes, ids
 
 
@@ -194,7 +193,7 @@ def prepare_problems(prepare, batch) -> tuple[list[str], tuple]:
             out = prepare(batch)
     except (RuntimeError, NotImplementedError) as e:  # reading a meta tensor's value
         rec.offenses.append(f"read a device value: {type(e).__name__}: {e}")
-    leaves = [t for x in batch for t in (x if isinstance(x, tuple) else (x,)) if t is not None]
+    leaves = [t for x in batch for t in (x if isinstance(x, tuple) else (x,)) if isinstance(t, torch.Tensor)]
     extra = [u for u in rec.uploads if not any(u is t for t in leaves)]
     if extra:
         rec.offenses.append(f"{len(extra)} upload(s) of tensors made in prepare: {[tuple(u.shape) for u in extra]}")
@@ -209,7 +208,8 @@ def test_prepare_uploads_the_batch_once_and_reads_nothing_back(v2):
     problems, (clips, ids) = prepare_problems(DeviceFeed("meta", 32), batch)
     assert not problems, problems[0]
     assert clips.device.type == "meta" and clips.dtype == torch.uint8 and clips.shape == (2, 3, 4, 32, 32)
-    assert all(t is None or t.device.type == "meta" for t in ids)
+    assert all(t.device.type == "meta" for t in ids if isinstance(t, torch.Tensor))
+    assert ids.validated_for == batch[2].validated_for == 2 * 2 * 2  # the CPU's check travels with the ids
     clips_only = (torch.randint(0, 256, (2, 3, 4, 32, 32), dtype=torch.uint8), batch[2])  # the CPU workers' path
     problems, _ = prepare_problems(DeviceFeed("meta", 32), clips_only)
     assert not problems, problems[0]

@@ -77,17 +77,18 @@ class DeviceFeed:
         self.device, self.size = torch.device(device), input_size
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
-    def _to_device(self, tensors: list):
+    def _to_device(self, leaves: list):
+        """Tensors moved; other leaves (None, TokenIds.validated_for) kept as they are."""
         if self.stream is None:
-            return [None if x is None else x.to(self.device) for x in tensors]
+            return [x.to(self.device) if isinstance(x, torch.Tensor) else x for x in leaves]
         compute = torch.cuda.current_stream(self.device)
         # No wait on the compute stream: the copy must overlap the step queued there. Its buffers come from the
         # side stream's pool and are recorded on the compute stream below, so neither frees them early.
         with torch.cuda.stream(self.stream):
-            moved = [None if x is None else x.to(self.device, non_blocking=True) for x in tensors]
+            moved = [x.to(self.device, non_blocking=True) if isinstance(x, torch.Tensor) else x for x in leaves]
         compute.wait_stream(self.stream)
         for x in moved:
-            if x is not None:
+            if isinstance(x, torch.Tensor):
                 x.record_stream(compute)
         return moved
 
