@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import videomae
-from videomae.checkpoint import from_pretrained, model_from_hf_config
+from videomae import from_pretrained
+from videomae.interop.hf import model_from_hf_config
 from videomae.interop.hf import official_to_hf
 from videomae.masking import tube_mask
 

@@ -33,7 +33,15 @@ def check(args) -> None:
 
 
 def class_names(args, num_classes: int) -> list[str]:
+    """--classes, else a Hugging Face folder's id2label, else classes.txt beside the weights or their training list."""
     from videomae.checkpoint import stored_args
+
+    if not args.classes and Path(args.checkpoint, "config.json").is_file():
+        from videomae.interop.pretrained import read_hf_config
+
+        labels = read_hf_config(args.checkpoint).get("id2label") or {}
+        if len(labels) == num_classes:
+            return [str(labels[k]) for k in sorted(labels, key=int)]
 
     candidates = [Path(args.classes)] if args.classes else [Path(args.checkpoint).parent / "classes.txt"]
     data_path = stored_args(args.checkpoint).get("data_path")
