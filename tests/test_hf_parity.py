@@ -5,8 +5,7 @@ import torch
 
 import videomae
 from videomae import from_pretrained
-from videomae.interop.hf import model_from_hf_config
-from videomae.interop.hf import official_to_hf
+from videomae.interop.hf import model_from_hf_config, official_to_hf
 from videomae.masking import tube_mask
 
 transformers = pytest.importorskip("transformers")

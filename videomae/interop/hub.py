@@ -43,9 +43,10 @@ def is_hub_id(text) -> bool:
     return not os.path.isdir(text.split("/")[0])  # `existing_folder/missing` is a mistyped local path
 
 
-def download(spec: str, revision: str | None = None) -> Path:
+def download(spec: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
     """A Hub id -> the local folder (model repository) or file it names, from the cache or downloaded.
-    `revision` (a branch, tag or commit) overrides an `@REVISION` in `spec`. ValueError: one line."""
+    `revision` (a branch, tag or commit) overrides an `@REVISION` in `spec`; `cache_dir` replaces huggingface_hub's
+    cache folder. ValueError: one line."""
     parsed = parse(spec)
     if parsed is None:
         raise ValueError(f"{spec!r} is not a Hugging Face Hub id (ORG/NAME, ORG/NAME@REVISION or ORG/NAME/FILE)")
@@ -57,10 +58,11 @@ def download(spec: str, revision: str | None = None) -> Path:
         raise ValueError(f"{spec}: a Hub id needs huggingface_hub (pip install huggingface_hub)") from None
     try:
         if file is not None:
-            return Path(hub.hf_hub_download(repo, file, revision=revision))
-        folder = Path(hub.snapshot_download(repo, revision=revision, allow_patterns=_WANTED))
+            return Path(hub.hf_hub_download(repo, file, revision=revision, cache_dir=cache_dir))
+        folder = Path(hub.snapshot_download(repo, revision=revision, allow_patterns=_WANTED, cache_dir=cache_dir))
         if (folder / "config.json").is_file() and not (folder / "model.safetensors").is_file():
-            hub.hf_hub_download(repo, "pytorch_model.bin", revision=revision)  # older repositories: pickle only
+            # older repositories: pickle only
+            hub.hf_hub_download(repo, "pytorch_model.bin", revision=revision, cache_dir=cache_dir)
     except Exception as err:  # noqa: BLE001 - huggingface_hub's errors, and the network's, become one line
         raise ValueError(f"{spec}: {_why(err, revision)}") from None
     return pick(folder, spec)
@@ -84,6 +86,12 @@ def pick(folder: Path, spec: str) -> Path:
 def _why(err: Exception, revision: str | None) -> str:
     from huggingface_hub import constants, errors
 
+    # LocalEntryNotFoundError is an EntryNotFoundError: asked first.
+    if isinstance(err, errors.LocalEntryNotFoundError | errors.OfflineModeIsEnabled):
+        where = f"the Hugging Face cache ({constants.HF_HUB_CACHE})"
+        if constants.HF_HUB_OFFLINE:
+            return f"not in {where}, and HF_HUB_OFFLINE=1 allows no download"
+        return f"not in {where}, and the Hub could not be reached"
     if isinstance(err, errors.GatedRepoError):
         return "a gated repository: accept its terms on the Hub and log in (hf auth login, or HF_TOKEN)"
     if isinstance(err, errors.RepositoryNotFoundError):
@@ -92,11 +100,6 @@ def _why(err: Exception, revision: str | None) -> str:
         return f"the repository has no revision {revision!r}"
     if isinstance(err, errors.EntryNotFoundError):
         return "no such file in the repository"
-    if isinstance(err, errors.LocalEntryNotFoundError | errors.OfflineModeIsEnabled):
-        where = f"the Hugging Face cache ({constants.HF_HUB_CACHE})"
-        if constants.HF_HUB_OFFLINE:
-            return f"not in {where}, and HF_HUB_OFFLINE=1 allows no download"
-        return f"not in {where}, and the Hub could not be reached"
     if isinstance(err, OSError) and err.errno is not None:
         return f"{err.strerror or err} ({getattr(err, 'filename', None) or constants.HF_HUB_CACHE})"
     text = str(err).strip().splitlines()
