@@ -185,48 +185,18 @@ def test_exported_folder_runs_in_the_transformers_video_pipeline_with_our_labels
 
 
 def test_export_to_a_full_disk_is_one_line_and_leaves_no_folder(classifier, tmp_path, monkeypatch, capsys):
-    import builtins
-    import errno
+    from storage_faults import faulty_open
 
     from videomae import integrity
 
     _, weights = classifier
-    written = []
-
-    class Full:
-        """A file on a disk that fills up after 1000 bytes."""
-
-        def __init__(self, f):
-            self.f, self.n = f, 0
-
-        def write(self, data):
-            self.n += len(data)
-            if self.n > 1000:
-                raise OSError(errno.ENOSPC, "No space left on device", self.f.name)
-            return self.f.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-    def full(path, mode="r", *a, **kw):
-        f = builtins.open(path, mode, *a, **kw)
-        if "w" in mode and ".safetensors" in str(path):
-            written.append(path)
-            return Full(f)
-        return f
-
-    monkeypatch.setattr(integrity, "open", full, raising=False)
+    opener, hit = faulty_open("full", match=".safetensors")
+    monkeypatch.setattr(integrity, "open", opener, raising=False)
     out = tmp_path / "hf"
     code = cli.main(["export", "--checkpoint", str(weights), "--output", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "No space left on device" in err[0], err
-    assert written and not out.exists() and not list(tmp_path.glob(".hf*"))  # no folder, no leftovers
+    assert hit and not out.exists() and not list(tmp_path.glob(".hf*"))  # no folder, no leftovers
 
 
 def test_official_finetune_eval_flag_evaluates_the_given_weights(synth, classifier, tmp_path, capsys):
