@@ -41,7 +41,8 @@ def build_parser() -> Parser:
     sub = root.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for module in SUBCOMMANDS:
-        p = sub.add_parser(module.NAME, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP))
+        p = sub.add_parser(module.NAME, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP),
+                           usage=getattr(module, "USAGE", "%(prog)s [flags]"))
         module.add_arguments(p)
     return root
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from videomae.commands import _common as c
 
 NAME = "data"
+USAGE = None  # argparse's own: the tools' parsers build their names from it
 HELP = "dataset tools (`videomae data synth`, `videomae data prep`)"
 DESCRIPTION = "Dataset tools."
 
