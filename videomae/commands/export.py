@@ -124,8 +124,10 @@ def export_hf(model, out: Path, names: list[str] | None, args) -> list[str]:
     else:
         hf = getattr(transformers, config["architectures"][0])(
             transformers.VideoMAEConfig(**{k: v for k, v in config.items() if k != "model_type"}))
-        layout = "new" if any(k.endswith("attention.attention.query.bias") for k in hf.state_dict()) else "old"
-        sd = official_to_hf(model.state_dict(), layout=layout)
+        theirs = hf.state_dict()
+        layout = "new" if any(k.endswith("attention.attention.query.bias") for k in theirs) else "old"
+        key_bias = any(k.endswith("attention.attention.key.bias") for k in theirs)
+        sd = official_to_hf(model.state_dict(), layout=layout, key_bias=key_bias)
         hf.load_state_dict(sd, strict=True)
     size = config["image_size"]
     files = {

@@ -103,8 +103,10 @@ def _rename(key: str) -> tuple[str, str | None] | None:
     return None
 
 
-def official_to_hf(sd: dict[str, torch.Tensor], layout: str = "new") -> dict[str, torch.Tensor]:
+def official_to_hf(sd: dict[str, torch.Tensor], layout: str = "new", key_bias: bool = False) -> dict[str, torch.Tensor]:
     """Our (official-layout) state dict -> HF keys. layout "new": `{query,value}.bias`; "old": `q_bias`/`v_bias`.
+    key_bias: also write `key.bias`, as zeros (the official k bias), for transformers versions whose key Linear has a
+    bias parameter.
 
     A classifier's keys (`patch_embed.*`, `blocks.*`) go to the encoder as in `VideoMAEForVideoClassification`.
     """
@@ -123,6 +125,8 @@ def official_to_hf(sd: dict[str, torch.Tensor], layout: str = "new") -> dict[str
         if rest == "attn.qkv.weight":
             for name, w in zip(("query", "key", "value"), value.chunk(3, dim=0)):
                 out[f"{layer}{_ATTN}{name}.weight"] = w.clone()
+            if key_bias:
+                out[f"{layer}{_ATTN}key.bias"] = value.new_zeros(value.shape[0] // 3)
         elif rest in ("attn.q_bias", "attn.v_bias"):
             name = {"new": {"attn.q_bias": "query.bias", "attn.v_bias": "value.bias"},
                     "old": {"attn.q_bias": "q_bias", "attn.v_bias": "v_bias"}}[layout][rest]

@@ -54,15 +54,17 @@ def download(spec: str, revision: str | None = None, cache_dir: str | os.PathLik
     revision = revision or rev
     try:
         import huggingface_hub as hub
+        from huggingface_hub import constants
     except ImportError:
         raise ValueError(f"{spec}: a Hub id needs huggingface_hub (pip install huggingface_hub)") from None
+    # Offline, said explicitly: some huggingface_hub versions otherwise ask the Hub which files a commit holds.
+    kw = dict(revision=revision, cache_dir=cache_dir, local_files_only=bool(constants.HF_HUB_OFFLINE))
     try:
         if file is not None:
-            return Path(hub.hf_hub_download(repo, file, revision=revision, cache_dir=cache_dir))
-        folder = Path(hub.snapshot_download(repo, revision=revision, allow_patterns=_WANTED, cache_dir=cache_dir))
+            return Path(hub.hf_hub_download(repo, file, **kw))
+        folder = Path(hub.snapshot_download(repo, allow_patterns=_WANTED, **kw))
         if (folder / "config.json").is_file() and not (folder / "model.safetensors").is_file():
-            # older repositories: pickle only
-            hub.hf_hub_download(repo, "pytorch_model.bin", revision=revision, cache_dir=cache_dir)
+            hub.hf_hub_download(repo, "pytorch_model.bin", **kw)  # older repositories: pickle only
     except Exception as err:  # noqa: BLE001 - huggingface_hub's errors, and the network's, become one line
         raise ValueError(f"{spec}: {_why(err, revision)}") from None
     return pick(folder, spec)
