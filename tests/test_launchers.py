@@ -93,6 +93,7 @@ def test_local_rank_flag_is_accepted_before_or_after_the_subcommand(monkeypatch)
     monkeypatch.delenv("LOCAL_RANK")
     assert cli.launcher_argv(["pretrain", "--local_rank", "3", "--epochs", "2"]) == ["pretrain", "--epochs", "2"]
     assert os.environ["LOCAL_RANK"] == "3"
+    assert cli.launcher_argv(["bench", "x", "--", "--local_rank", "2"]) == ["bench", "x", "--", "--local_rank", "2"]
     monkeypatch.setenv("LOCAL_RANK", "0")  # the launcher's own variable wins over its flag
     cli.launcher_argv(["--local_rank=5", "pretrain"])
     assert os.environ["LOCAL_RANK"] == "0"

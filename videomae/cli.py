@@ -153,6 +153,8 @@ def launcher_argv(argv: list[str]) -> list[str]:
     out, i = [], 0
     while i < len(argv):
         token = argv[i]
+        if token == "--":  # what follows belongs to another program (`videomae bench NAME -- ARGS`)
+            return out + argv[i:]
         name, eq, value = token.partition("=")
         if name in ("--local-rank", "--local_rank"):
             if not eq:
