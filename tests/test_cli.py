@@ -253,3 +253,109 @@ def test_each_subcommand_lives_in_its_own_module():
     for module in SUBCOMMANDS:
         assert module.__name__ == f"videomae.commands.{module.NAME}"
         assert callable(module.add_arguments) and callable(module.check) and callable(module.run)
+
+
+# ---------------------------------------------------------------- typos, help, start-up
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["pretrain", "--bacth_size", "4"], "videomae pretrain: unknown flag --bacth_size; did you mean --batch_size?"),
+    (["finetune", "--layer-decy", "0.7"], "videomae finetune: unknown flag --layer-decy; did you mean --layer-decay?"),
+    (["predict", "--chekpoint=x.pth"], "videomae predict: unknown flag --chekpoint; did you mean --checkpoint?"),
+    (["data", "prep", "in.txt", "--wokers", "2"], "videomae data prep: unknown flag --wokers; did you mean --workers?"),
+    (["export", "--zzzzzz"], "videomae export: unknown flag --zzzzzz (see videomae export --help)"),
+])
+def test_a_mistyped_flag_names_the_subcommand_and_the_closest_flag(argv, line, capsys):
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and err.strip() == line
+
+
+def test_a_mistyped_config_key_gets_a_suggestion(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("bacth_size: 4\n")
+    code, _, err = run_main(["pretrain", "--config", str(cfg)], capsys)
+    assert_one_line_error(code, err, "'bacth_size'", "did you mean 'batch_size'?")
+
+
+def _help_entries(parser):
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if action.option_strings and action.help:
+            yield action, formatter._get_help_string(action) % {"default": action.default}
+
+
+def test_every_default_is_printed_once(capsys):
+    parser = cli.build_parser()
+    seen = 0
+    for name, sub in _subparsers(parser):
+        subs = dict(_subparsers(sub)) or {name: sub}
+        for tool, p in subs.items():
+            for action, text in _help_entries(p):
+                assert text.lower().count("default") <= 1, (tool, action.option_strings, text)
+                seen += 1
+    assert seen > 300  # every subcommand's flags were looked at
+    # the value itself is printed where the help text does not say what the default is
+    export = dict(_subparsers(parser))["export"]
+    texts = {a.dest: t for a, t in _help_entries(export)}
+    assert texts["input_size"] == "clip size in pixels (default: the weights', else 224)"
+    assert texts["format"].endswith("(default: hf)")
+
+
+def test_help_sets_examples_apart_from_the_prose(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["data", "prep", "--help"])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    examples = [i for i, line in enumerate(lines) if line.startswith("    videomae data prep ")]
+    assert len(examples) >= 2, out
+    first = examples[0]
+    assert lines[first - 1] == "" and lines[first - 2].strip() == "Examples:"  # a block of its own
+    assert all(len(lines[i]) > 100 for i in examples[:1])  # kept whole, not wrapped into the text
+
+
+def test_help_and_flag_errors_do_not_import_the_heavy_modules():
+    """`videomae --help` and a mistyped flag parse without the models, the fused ops (Triton, torch.compile's
+    machinery) or transformers; timing is measured by hand (see the report), this checks the imports."""
+    code = ("import sys\nfrom videomae import cli\n"
+            "for argv in (['--help'], ['pretrain', '--help'], ['pretrain', '--bacth_size', '4']):\n"
+            "    try:\n        cli.main(argv)\n    except SystemExit:\n        pass\n"
+            "heavy = ('videomae.ops', 'videomae.models', 'triton', 'transformers', 'torch._inductor', 'timm')\n"
+            "print(sorted(m for m in heavy if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_import_videomae_is_lazy_and_create_model_still_works():
+    code = ("import sys, videomae\nprint('videomae.ops' in sys.modules)\n"
+            "m = videomae.create_model('vit_tiny_patch16_224', num_classes=2, img_size=32, num_frames=4)\n"
+            "print(type(m).__name__, callable(videomae.from_pretrained), videomae.masking.tube_mask.__name__)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "VisionTransformer", "True", "tube_mask"]
+
+
+def test_a_command_that_fails_leaves_no_folder(tmp_path, capsys):
+    """export, extract, predict and data prep: every failure before a result leaves the output folder unmade."""
+    (tmp_path / "broken.mp4").write_bytes(b"not a video" * 100)
+    weights = tmp_path / "w.pth"
+    import torch
+
+    import videomae
+
+    model = videomae.create_model("vit_tiny_patch16_224", num_classes=2, img_size=32, num_frames=4)
+    torch.save({"module": model.state_dict(), "args": {"model": "vit_tiny_patch16_224", "input_size": 32,
+                                                       "num_frames": 4, "tubelet_size": 2}}, weights)
+    cases = {
+        "export": ["export", "--checkpoint", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "export")],
+        "extract": ["extract", str(tmp_path / "broken.mp4"), "--checkpoint", str(weights), "--output_dir",
+                    str(tmp_path / "extract")],
+        "predict": ["predict", str(tmp_path / "broken.mp4"), "--checkpoint", str(weights), "--output_dir",
+                    str(tmp_path / "predict")],
+        "data": ["data", "prep", str(tmp_path / "no_list.txt"), "--output_dir", str(tmp_path / "data")],
+    }
+    for name, argv in cases.items():
+        code = cli.main(argv)
+        err = capsys.readouterr().err
+        assert code in (1, 2) and err.strip(), (name, err)
+        assert not (tmp_path / name).exists(), name

@@ -123,20 +123,80 @@ def test_export_hf_folder_loads_in_transformers_and_gives_our_logits(classifier,
         assert torch.equal(back(clips), want)
 
 
-def test_export_onnx(classifier, tmp_path, capsys):
-    _, weights = classifier
-    code = cli.main(["export", "--checkpoint", str(weights), "--format", "onnx", "--output", str(tmp_path / "m.onnx")])
+def test_export_onnx_is_one_named_file_with_a_dynamic_batch_axis(classifier, tmp_path, capsys):
+    model, weights = classifier
+    out = tmp_path / "onnx"
+    code = cli.main(["export", "--checkpoint", str(weights), "--format", "onnx", "--output", str(out / "m.onnx")])
     captured = capsys.readouterr()
     try:
-        import onnx  # noqa: F401
+        import onnx
     except ImportError:
         assert code == 2 and "needs the onnx package" in captured.err and len(captured.err.strip().splitlines()) == 1
         return
     assert code == 0, captured.err
-    assert "relative max error" in captured.out  # the graph was run and compared with the eager model
-    import onnx
+    assert sorted(p.name for p in out.iterdir()) == ["m.onnx"]  # the weights fit: one file, nothing beside it
+    assert f"wrote {out / 'm.onnx'}" in captured.out
+    graph = onnx.load(str(out / "m.onnx"))
+    onnx.checker.check_model(graph)
+    batch = graph.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.dim_value  # a named, free axis
+    from onnx.reference import ReferenceEvaluator
 
-    onnx.checker.check_model(str(tmp_path / "m.onnx"))
+    run = ReferenceEvaluator(graph)
+    for n in (1, 5):  # batch sizes the export never traced
+        clips = torch.randn(n, 3, 4, 32, 32, generator=torch.Generator().manual_seed(n))
+        with torch.no_grad():
+            want = model(clips)
+        got = torch.from_numpy(run.run(None, {"videos": clips.numpy()})[0])
+        assert got.shape == want.shape and ((got - want).abs().max() / want.abs().max()).item() < 1e-4
+
+
+def test_exported_folder_runs_in_the_transformers_video_pipeline_with_our_labels(synth, classifier, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    av = pytest.importorskip("av")
+    model, weights = classifier
+    out = tmp_path / "hf"
+    assert cli.main(["export", "--checkpoint", str(weights), "--output", str(out)]) == 0  # classes.txt beside it
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "model.safetensors.sha256",
+                                                    "preprocessor_config.json"]
+    pre = transformers.VideoMAEImageProcessor.from_pretrained(out)
+    assert (pre.crop_size["height"], pre.size["shortest_edge"], list(pre.image_mean)) == (32, 32, [0.485, 0.456, 0.406])
+    pipe = transformers.pipeline("video-classification", model=str(out))
+    video = synth / "videos" / "val_00000.mp4"
+    from transformers.utils import is_torchcodec_available
+
+    if is_torchcodec_available():
+        result = pipe(str(video), top_k=3)  # the pipeline decodes the file itself
+    else:
+        # transformers >= 5 decodes files with torchcodec only (it needs the system's FFmpeg libraries, absent
+        # here); the frames of the same file, decoded with PyAV, go through the same processor and model.
+        with av.open(str(video)) as container:
+            frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        result = pipe(frames, top_k=3)
+    assert sorted(r["label"] for r in result) == ["jump", "run", "walk"]
+    assert sum(r["score"] for r in result) == pytest.approx(1.0, abs=1e-5)
+    # the pipeline's top label is our model's on the clip the pipeline's processor made
+    if not is_torchcodec_available():
+        pixels = pipe.video_processor(frames, num_frames=4, do_sample_frames=True, return_tensors="pt")
+        with torch.no_grad():
+            ours = model(pixels["pixel_values"].permute(0, 2, 1, 3, 4)).softmax(-1)[0]
+        assert result[0]["label"] == ["walk", "run", "jump"][int(ours.argmax())]
+        assert result[0]["score"] == pytest.approx(ours.max().item(), abs=1e-4)
+
+
+def test_export_to_a_full_disk_is_one_line_and_leaves_no_folder(classifier, tmp_path, monkeypatch, capsys):
+    from storage_faults import faulty_open
+
+    from videomae import integrity
+
+    _, weights = classifier
+    opener, hit = faulty_open("full", match=".safetensors")
+    monkeypatch.setattr(integrity, "open", opener, raising=False)
+    out = tmp_path / "hf"
+    code = cli.main(["export", "--checkpoint", str(weights), "--output", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "No space left on device" in err[0], err
+    assert hit and not out.exists() and not list(tmp_path.glob(".hf*"))  # no folder, no leftovers
 
 
 def test_official_finetune_eval_flag_evaluates_the_given_weights(synth, classifier, tmp_path, capsys):

@@ -1,13 +1,13 @@
-"""Weight files: official VideoMAE V1/V2, MAE-ST and Hugging Face files (or HF model folders) into our models.
+"""Weight files: official VideoMAE V1/V2, MAE-ST and Hugging Face files, HF model folders or Hub ids, into our models.
 
     report = videomae.load_checkpoint(model, "vit_b_k400_pt.pth")   # prints nothing; str(report) is short
-    videomae.save_checkpoint(model, "out.pth")                      # {'model': sd} or {'module': sd}
-    model, report = from_pretrained("hf_model_folder")              # config.json + weights -> our model
+    videomae.save_checkpoint(model, "out.pth")                      # {'model': sd} or {'module': sd}, + .sha256
+    model, report = videomae.from_pretrained("MCG-NJU/videomae-base")  # HF folder or Hub id -> our model
 
-(Resumable training state is another thing, `videomae.train.state`.) A file that cannot be read, or
-weights of another model size, raise `ValueError` with one line naming the file and the reason.
-(~410 lines: reading, adapting and HF-config model building are the one path from a file to a model;
-`interop/` keeps the pure key mappings.)
+(Resumable training state is another thing, `videomae.train.state`.) A file that cannot be read, weights of
+another model size, a config.json that does not describe its weights, or a file whose bytes changed since we wrote
+it raise `ValueError` with one line naming the file and the reason. Hub ids (`ORG/NAME[@REVISION]`,
+`ORG/NAME/FILE`) are fetched through huggingface_hub (`videomae.interop.hub`) wherever a path is accepted.
 
 Every foreign layout is first converted to the official key names (which our modules use), then
 adapted to the model: `encoder.`/`backbone.` stripped and the decoder dropped for a classifier (as
@@ -29,9 +29,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from videomae.interop.hf import HF_FIXED_NORM_EPS, hf_to_official, is_hf_state_dict
+from videomae import integrity
+from videomae.interop import hub
+from videomae.interop.hf import hf_to_official, is_hf_state_dict
 from videomae.interop.mae_st import is_mae_st_state_dict, mae_st_to_official
-from videomae.layers.pos_embed import resize_pos_embed, sinusoid_table
 
 # Where the weights sit in each known file: official pretraining / non-DeepSpeed fine-tuning, DeepSpeed
 # fine-tuning, generic, MAE-ST (pySlowFast style).
@@ -77,12 +78,19 @@ def _short(keys: list[str], n: int = 6) -> str:
 # reading
 
 
-HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+HF_WEIGHTS = hub.HF_WEIGHTS
+
+
+def local(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local file or folder as it is; a Hugging Face Hub id -> its cached (or downloaded) folder or file."""
+    if revision is not None or hub.is_hub_id(os.fspath(path_or_id)):
+        return hub.download(os.fspath(path_or_id), revision=revision)
+    return Path(path_or_id)
 
 
 def hf_weights_file(directory: str | os.PathLike) -> Path:
     """The weights of a Hugging Face model folder (config.json + model.safetensors or pytorch_model.bin)."""
-    directory = Path(directory)
+    directory = local(directory)
     if not (directory / "config.json").is_file():
         raise ValueError(f"{directory}: a folder, but not a Hugging Face model folder (no config.json)")
     for name in HF_WEIGHTS:
@@ -107,13 +115,15 @@ def load_error(path: str | os.PathLike, err: Exception) -> str:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The raw object of a `.safetensors` file, a pickle (`.pth`/`.pt`/`.bin`) or a Hugging Face model folder,
-    without running code from it. Unreadable -> ValueError, one line naming the file and why."""
-    path = os.fspath(path)
+    """The raw object of a `.safetensors` file, a pickle (`.pth`/`.pt`/`.bin`), a Hugging Face model folder or a
+    Hub id, without running code from it. Unreadable, or changed since we wrote it (its `.sha256` sidecar) ->
+    ValueError, one line naming the file and why."""
+    path = os.fspath(local(path))
     if os.path.isdir(path):
         path = os.fspath(hf_weights_file(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    integrity.verify(path)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -169,6 +179,8 @@ def _infer_grid(n: int, grid: tuple[int, int, int], key: str) -> tuple[int, int,
 
 
 def _adapt_pos(model, sd, report) -> None:
+    from videomae.layers.pos_embed import resize_pos_embed, sinusoid_table
+
     own = dict(model.named_parameters())
     for key in [k for k in sd if k in ("pos_embed", "encoder.pos_embed")]:
         table = sd.pop(key)
@@ -231,15 +243,15 @@ def describe(sd: dict[str, torch.Tensor]) -> str:
     return f"ViT width {proj.shape[0]}, {len(blocks)} blocks, patch {proj.shape[-1]}"
 
 
-_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge", 1408: "giant"}
+SIZE_NAMES = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge", 1408: "giant"}
 
 
 def guess_model(sd: dict[str, torch.Tensor], kind: str) -> str | None:
     """A registered model name for these weights (`kind`: 'pretrain' or 'vit'), from the encoder width."""
     proj = next((v for k, v in sd.items() if k.endswith("patch_embed.proj.weight")), None)
-    if proj is None or proj.shape[0] not in _SIZES:
+    if proj is None or proj.shape[0] not in SIZE_NAMES:
         return None
-    name = _SIZES[proj.shape[0]]
+    name = SIZE_NAMES[proj.shape[0]]
     patch = proj.shape[-1]
     return f"pretrain_videomae_{name}_patch{patch}_224" if kind == "pretrain" else f"vit_{name}_patch{patch}_224"
 
@@ -247,12 +259,11 @@ def guess_model(sd: dict[str, torch.Tensor], kind: str) -> str | None:
 def stored_args(path: str | os.PathLike) -> dict:
     """The run arguments stored with weights: the file's `args` entry (ours: a dict; official: a pickled
     Namespace), else `args.json` beside it, else a Hugging Face config.json as our names; {} if none."""
-    path = Path(path)
+    path = local(path)
     if path.is_dir():
-        config = json.loads((path / "config.json").read_text())
-        size = config.get("image_size", 224)
-        return {"input_size": size[0] if isinstance(size, list) else size,
-                "num_frames": config.get("num_frames", 16), "tubelet_size": config.get("tubelet_size", 2)}
+        from videomae.interop.pretrained import hf_flags, read_hf_config
+
+        return hf_flags(read_hf_config(path))
     obj = read_checkpoint(path)
     found = obj.get("args") if isinstance(obj, dict) else None
     if isinstance(found, argparse.Namespace):
@@ -310,101 +321,20 @@ def load_checkpoint(
     return report
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike, format: str = "official", **extra) -> None:
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, format: str = "official", **extra) -> Path:
     """format "official": `{'model': sd}` for a pretraining model, `{'module': sd}` for a classifier (as the
-    official DeepSpeed fine-tuning run writes), plus `extra` entries; "safetensors": the bare state dict."""
+    official DeepSpeed fine-tuning run writes), plus `extra` entries; "safetensors": the bare state dict.
+
+    Written atomically with a SHA-256 sidecar (`<file>.sha256`) that loading checks; a full disk or a read-only
+    folder raises `videomae.integrity.WriteFailed` (one line) and leaves an earlier file there as it was."""
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    path = os.fspath(path)
     if format == "official":
         key = "model" if any(k.startswith("encoder.") for k in sd) else "module"
-        torch.save({key: sd, **extra}, path)
-    elif format == "safetensors":
-        from safetensors.torch import save_file
+        return integrity.write_atomic(path, lambda f: torch.save({key: sd, **extra}, f))
+    if format == "safetensors":
+        from safetensors.torch import save
 
-        save_file(sd, path, metadata={"format": "pt", **{k: str(v) for k, v in extra.items()}})
-    else:
-        raise ValueError(f"format must be 'official' or 'safetensors', got {format!r}")
-
-
-# --------------------------------------------------------------------------
-# Hugging Face configs
-
-
-def _get(config, name: str, default):
-    return config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
-
-
-def _square(value, name: str) -> int:
-    if isinstance(value, (list, tuple)):
-        if len(set(value)) != 1:
-            raise ValueError(f"HF config {name}={value}: only square sizes are supported")
-        value = value[0]
-    return int(value)
-
-
-def model_from_hf_config(config, task: str | None = None, **overrides):
-    """Our model that reproduces an HF VideoMAE config (a `VideoMAEConfig` or its config.json dict).
-
-    task: "pretrain" (VideoMAEForPreTraining) or "classifier" (VideoMAEForVideoClassification);
-    taken from `config.architectures` when not given. Overrides go to the model's constructor.
-    """
-    from videomae.models import PretrainVisionTransformer, VisionTransformer
-
-    archs = _get(config, "architectures", None) or []
-    if task is None:
-        kinds = {"VideoMAEForPreTraining": "pretrain", "VideoMAEForVideoClassification": "classifier"}
-        found = {kinds[a] for a in archs if a in kinds}
-        if len(found) != 1:
-            raise ValueError(f"cannot tell the task from architectures={archs}: pass task='pretrain' or 'classifier'")
-        task = found.pop()
-    if _get(config, "hidden_act", "gelu") != "gelu":
-        raise ValueError(f"HF config hidden_act={_get(config, 'hidden_act', None)!r}: only exact GELU is supported")
-    hidden, inter = _get(config, "hidden_size", 768), _get(config, "intermediate_size", 3072)
-    mlp_ratio = inter / hidden
-    common = dict(
-        img_size=_square(_get(config, "image_size", 224), "image_size"),
-        patch_size=_square(_get(config, "patch_size", 16), "patch_size"),
-        num_frames=_get(config, "num_frames", 16), tubelet_size=_get(config, "tubelet_size", 2),
-        in_chans=_get(config, "num_channels", 3), mlp_ratio=mlp_ratio,
-        qkv_bias=_get(config, "qv_bias", _get(config, "qkv_bias", True)),  # renamed in newer transformers
-        norm_eps=_get(config, "layer_norm_eps", 1e-12), drop_rate=_get(config, "hidden_dropout_prob", 0.0),
-        attn_drop_rate=_get(config, "attention_probs_dropout_prob", 0.0),
-    )
-    heads = _get(config, "num_attention_heads", 12)
-    mean_pooling = _get(config, "use_mean_pooling", True)
-    if task == "pretrain":
-        dec_hidden = _get(config, "decoder_hidden_size", 384)
-        if int(dec_hidden * mlp_ratio) != _get(config, "decoder_intermediate_size", 1536):
-            raise ValueError("HF decoder_intermediate_size / decoder_hidden_size must equal the encoder's MLP ratio")
-        kw = dict(
-            common, encoder_embed_dim=hidden, encoder_depth=_get(config, "num_hidden_layers", 12),
-            encoder_num_heads=heads, decoder_embed_dim=dec_hidden,
-            decoder_depth=_get(config, "decoder_num_hidden_layers", 4),
-            decoder_num_heads=_get(config, "decoder_num_attention_heads", 6), decoder_norm_eps=HF_FIXED_NORM_EPS,
-            normalize_target=_get(config, "norm_pix_loss", True),
-        )
-        model = PretrainVisionTransformer(**{**kw, **overrides})
-        if mean_pooling:  # transformers then builds the encoder without its final LayerNorm (its default)
-            model.encoder.norm = nn.Identity()
-        return model
-    if task != "classifier":
-        raise ValueError(f"task must be 'pretrain' or 'classifier', got {task!r}")
-    # A pretraining config fine-tuned into a classifier: mean pooling, as official fine-tuning.
-    if not mean_pooling and "VideoMAEForPreTraining" not in archs:
-        raise ValueError("HF classifier with use_mean_pooling=False pools token 0 of a sequence with no class "
-                         "token: not representable (ours mean-pools)")
-    id2label = _get(config, "id2label", None)
-    num_classes = len(id2label) if id2label else _get(config, "num_labels", 2)
-    kw = dict(common, embed_dim=hidden, depth=_get(config, "num_hidden_layers", 12), num_heads=heads,
-              num_classes=num_classes, fc_norm_eps=HF_FIXED_NORM_EPS)
-    return VisionTransformer(**{**kw, **overrides})
-
-
-def from_pretrained(directory, task: str | None = None, **overrides):
-    """Our model and its LoadReport from a local HF model folder (`config.json` + `model.safetensors`
-    or `pytorch_model.bin`), e.g. one written by `save_pretrained` or downloaded from the Hub."""
-    directory = Path(directory)
-    weights = hf_weights_file(directory)
-    config = json.loads((directory / "config.json").read_text())
-    model = model_from_hf_config(config, task=task, **overrides)
-    return model, load_checkpoint(model, weights, strict=True)
+        # Bytes first: safetensors' own file writer does not report a full disk.
+        data = save(sd, metadata={"format": "pt", **{k: str(v) for k, v in extra.items()}})
+        return integrity.write_atomic(path, lambda f: f.write(data))
+    raise ValueError(f"format must be 'official' or 'safetensors', got {format!r}")

@@ -10,12 +10,19 @@ Each subcommand lives in `videomae/commands/<name>.py` with its flags next to it
 official scripts' underscore names and accept dashes too (`--batch_size` or `--batch-size`); the official
 scripts' other flags are accepted as well (docs/official_flags.md). `--config FILE.yaml` sets any flag
 (command-line flags win). Every flag, size, path, list and checkpoint is checked before anything on disk
-changes; mistakes print one line on stderr and exit with status 2.
+changes; mistakes print one line on stderr and exit with status 2 (a mistyped flag gets a "did you mean").
+
+Launchers: torchrun, `python -m torch.distributed.launch` (its `--local-rank=N`, before or after the subcommand,
+is read as LOCAL_RANK) and Slurm's `srun` (SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, as the official V2
+scripts read them; `videomae.train.distributed.adopt_launcher_env`). A weights flag (`--init`, `--finetune`,
+`--checkpoint`) takes a file, a Hugging Face folder or a Hub id; a folder or id with a config.json sets the model
+and clip geometry not given on the command line (`apply_weights`).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from pathlib import Path
@@ -34,7 +41,8 @@ def build_parser() -> Parser:
     sub = root.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for module in SUBCOMMANDS:
-        p = sub.add_parser(module.NAME, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP))
+        p = sub.add_parser(module.NAME, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP),
+                           usage=getattr(module, "USAGE", "%(prog)s [flags]"))
         module.add_arguments(p)
     return root
 
@@ -73,7 +81,9 @@ def load_config(path: str, parser: Parser) -> dict:
     for key, value in values.items():
         dest = str(key).lstrip("-").replace("-", "_")
         if dest not in actions or dest in ("help", "config"):
-            raise UsageError(f"{parser.prog}: error: --config {path}: unknown option {key!r}")
+            close = difflib.get_close_matches(dest, [a for a in actions if a not in ("help", "config")], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"{parser.prog}: error: --config {path}: unknown option {key!r}{hint}")
         action = actions[dest]
         if isinstance(value, str) and action.type is not None:
             value = action.type(value)
@@ -87,10 +97,26 @@ def load_config(path: str, parser: Parser) -> dict:
     return out
 
 
+def _unknown(parser: Parser, argv: list[str], extras: list[str]) -> UsageError:
+    """One line for arguments no parser took: the (sub)command that refused them, and the closest flag."""
+    sub = _subparser(parser, argv)
+    if sub is not parser and sub._subparsers is not None:
+        sub = _subparser(sub, argv[1:])  # `data prep`: the tool's own parser
+    flags = [e.split("=", 1)[0] for e in extras if e.startswith("-")]
+    if not flags:
+        return UsageError(f"{sub.prog}: unexpected argument {extras[0]!r} (see {sub.prog} --help)")
+    known = [o for o in sub._option_string_actions if o.startswith("--")]
+    close = difflib.get_close_matches(flags[0], known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else f" (see {sub.prog} --help)"
+    return UsageError(f"{sub.prog}: unknown flag {flags[0]}{hint}")
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     """Defaults < demo preset (pretrain without data) < --config file < command line."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        raise _unknown(parser, argv, extras)
     sub = _subparser(parser, argv)
     given = explicit_dests(sub, argv)
     config = load_config(args.config, sub) if getattr(args, "config", None) else {}
@@ -103,23 +129,82 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+# The flag naming the weights each command starts from, and the kind of model they go into.
+WEIGHTS = {"pretrain": ("init", "pretrain"), "finetune": ("finetune", "vit"), "evaluate": ("checkpoint", "vit"),
+           "visualize": ("checkpoint", "pretrain"), "export": ("checkpoint", None), "extract": ("checkpoint", "vit"),
+           "predict": ("checkpoint", "vit")}
+
+
 def check(args) -> None:
     """Every check that can run before anything on disk changes (official flags first: they set ours)."""
-    from videomae.commands._common import check_device
+    from videomae.commands._common import apply_weights, check_device
 
     for note in apply_official(args) if args.command in ("pretrain", "finetune") else []:
         say(note)
     check_device(args)
+    if args.command in WEIGHTS:
+        apply_weights(args, *WEIGHTS[args.command])
     COMMANDS[args.command].check(args)
 
 
+def launcher_argv(argv: list[str]) -> list[str]:
+    """`python -m torch.distributed.launch` passes `--local-rank=N` (older torch: `--local_rank N`), before or after
+    the subcommand: it becomes LOCAL_RANK (which the launcher sets too) and leaves the command line."""
+    out, i = [], 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":  # what follows belongs to another program (`videomae bench NAME -- ARGS`)
+            return out + argv[i:]
+        name, eq, value = token.partition("=")
+        if name in ("--local-rank", "--local_rank"):
+            if not eq:
+                i += 1
+                value = argv[i] if i < len(argv) else ""
+            if not value.isdigit():
+                raise UsageError(f"videomae: error: {name} expects a process index, got {value!r}")
+            os.environ.setdefault("LOCAL_RANK", value)
+        else:
+            out.append(token)
+        i += 1
+    return out
+
+
+def _output_folders(args) -> list[Path]:
+    """The folders a command writes that did not exist before it ran."""
+    found = []
+    for name in ("output_dir", "output"):
+        value = getattr(args, name, None)
+        if isinstance(value, str) and not Path(value).exists():
+            found.append(Path(value))
+    return found
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """A command that failed before writing anything leaves no folder behind (files are never touched)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or never created
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    from videomae.train.distributed import adopt_launcher_env
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    created: list[Path] = []
     try:
+        argv = launcher_argv(argv)
+        adopt_launcher_env()
         args = parse(argv)
         check(args)
-        return COMMANDS[args.command].run(args)
+        created = _output_folders(args)
+        code = COMMANDS[args.command].run(args)
+        if code:
+            _remove_if_empty(created)
+        return code
     except UsageError as err:
+        _remove_if_empty(created)
         print(str(err), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -129,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - known failure kinds become one line; bugs keep their traceback
         from videomae.train.run import Interrupted
 
+        _remove_if_empty(created)
         if isinstance(err, Interrupted):
             print(f"videomae {argv[0]}: {err}", file=sys.stderr)
             return err.exit_code
@@ -142,11 +228,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(err: Exception) -> str | None:
-    """Errors that describe the user's input or data rather than a bug in videomae."""
+    """Errors that describe the user's input, data or storage rather than a bug in videomae."""
+    from videomae.integrity import STORAGE_ERRNOS, storage_error
     from videomae.train.engine import TrainingDiverged
 
     if isinstance(err, FileNotFoundError | TrainingDiverged):
         return str(err)
+    storage = storage_error(err)
+    if storage is not None and storage.errno in STORAGE_ERRNOS:  # disk full, read-only, permission
+        where = storage.filename or "the output folder"
+        return str(storage) if type(storage).__str__ is not OSError.__str__ else f"{where}: {storage.strerror}"
     if isinstance(err, ValueError) and not isinstance(err, UnicodeError):
         return str(err)
     if isinstance(err, RuntimeError) and "unreadable" in str(err):

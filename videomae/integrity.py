@@ -4,13 +4,20 @@ Written after the file itself is complete and checked before it is read, so a fi
 after it was written is refused with one line naming it, instead of loading silently. Files without a sidecar
 (official checkpoints, Hugging Face downloads) are read as they are: the sidecar is our promise, not theirs.
 A sidecar rather than safetensors metadata, because one scheme then covers `.pth` and `.safetensors` alike.
+
+`write_atomic` is how such a file is written: to a temporary name in the same folder, fsynced, renamed over the
+target, then its sidecar. A full disk, a read-only folder or a refused permission leaves the previous file and its
+sidecar as they were and raises `WriteFailed`, one line naming the path.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 SUFFIX = ".sha256"
 _CHUNK = 1 << 22
@@ -18,6 +25,17 @@ _CHUNK = 1 << 22
 
 class CorruptFile(ValueError):
     """A file's bytes do not match the hash recorded when it was written."""
+
+
+class WriteFailed(OSError):
+    """A file could not be written (disk full, read-only, permission): one line naming it; nothing was replaced."""
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}; nothing there was replaced"
+
+
+# The errors of the place written to, not of the program: named in one line (videomae.cli prints them so).
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 def sidecar(path: str | os.PathLike) -> Path:
@@ -42,6 +60,51 @@ def write_digest(path: str | os.PathLike) -> Path:
     tmp.write_text(f"{digest(path)}  {Path(path).name}\n")
     os.replace(tmp, side)
     return side
+
+
+def storage_error(err: BaseException) -> OSError | None:
+    """The OSError behind `err` (itself, or what torch's writer wrapped in a RuntimeError), else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno is not None:
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None], sidecar_too: bool = True) -> Path:
+    """`write(f)` into a temporary file beside `path`, then rename it over `path` and (sidecar_too) record its hash.
+
+    The old sidecar is removed before the rename, so an interruption leaves a file without a hash (read as it is),
+    never a file whose hash is another's. Raises WriteFailed (one line) when the storage refuses."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    side = sidecar(path)
+    side_tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if sidecar_too:
+            with open(side_tmp, "w") as f:
+                f.write(f"{digest(tmp)}  {path.name}\n")
+            side.unlink(missing_ok=True)
+        os.replace(tmp, path)
+        if sidecar_too:
+            os.replace(side_tmp, side)
+    except BaseException as err:
+        for leftover in (tmp, side_tmp):
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError:
+                pass
+        cause = storage_error(err)
+        if cause is None:
+            raise
+        raise WriteFailed(cause.errno, cause.strerror or os.strerror(cause.errno), str(path)) from err
+    return path
 
 
 def verify(path: str | os.PathLike) -> bool:

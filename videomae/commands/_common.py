@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import textwrap
 from pathlib import Path
 
 EXIT_USAGE, EXIT_FAILED = 2, 1
@@ -14,9 +16,42 @@ class UsageError(Exception):
     """A mistake in the command line or a path it names: one line, exit 2."""
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Each flag's default printed once: appended unless the help text already says what the default is (or it is
+    None, or an on/off switch's). Descriptions are wrapped paragraph by paragraph; an indented block (an example
+    command) and `- ` list items keep their own lines, set apart from the prose."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        if ("%(default)" in text or "default" in text.lower() or not action.option_strings
+                or action.default in (None, argparse.SUPPRESS) or action.nargs == 0):
+            return text
+        return text + " (default: %(default)s)"
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        blocks = []
+        for para in re.split(r"\n\s*\n", textwrap.dedent(text).strip("\n")):
+            lines = para.splitlines()
+            if all(line.startswith((" ", "\t")) for line in lines):  # an example: as written
+                blocks.append("\n".join(indent + line.rstrip() for line in lines))
+                continue
+            items, current = [], []
+            for line in lines:
+                if line.lstrip().startswith("- ") and current:
+                    items.append(current)
+                    current = []
+                current.append(line.strip())
+            items.append(current)
+            blocks.append("\n".join(
+                textwrap.fill(" ".join(item), width, initial_indent=indent,
+                              subsequent_indent=indent + ("  " if item[0].startswith("- ") else ""))
+                for item in items))
+        return "\n\n".join(blocks)
+
+
 class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+        super().__init__(*args, allow_abbrev=False, formatter_class=HelpFormatter, **kwargs)
 
     def error(self, message: str):  # argparse would print the usage block and exit; we want one line
         raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
@@ -164,10 +199,13 @@ def fail(args, message: str):
 
 
 def need_file(args, name: str, what: str, weights: bool = False) -> None:
-    """A required file flag; `weights` also accepts a Hugging Face model folder."""
+    """A required file flag; `weights` also accepts a Hugging Face model folder or Hub id (fetched here)."""
     value = getattr(args, name, None)
     if value is None:
         fail(args, f"--{name} is required ({what})")
+    if weights:
+        _fetch(args, name)
+        value = getattr(args, name)
     path = Path(value)
     if weights and path.is_dir():
         if not (path / "config.json").is_file():
@@ -175,6 +213,49 @@ def need_file(args, name: str, what: str, weights: bool = False) -> None:
         return
     if not path.is_file():
         fail(args, f"--{name} {value}: no such file")
+
+
+def _fetch(args, name: str) -> None:
+    """A Hub id in a weights flag -> its local folder or file (huggingface_hub's cache), in place."""
+    from videomae.interop import hub
+
+    value = getattr(args, name)
+    if not hub.is_hub_id(value):
+        return
+    try:
+        setattr(args, name, str(hub.download(value)))
+    except ValueError as err:
+        fail(args, f"--{name} {value}: no such file or folder; as a Hugging Face Hub id, "
+             f"{str(err).removeprefix(value + ': ')}")
+    args._weights_ids = {**getattr(args, "_weights_ids", {}), name: value}
+
+
+def apply_weights(args, name: str, kind: str | None) -> None:
+    """Weights that are a Hugging Face folder or Hub id: their config.json, checked against the weights, sets
+    --model and the clip geometry not given on the command line; a given flag that disagrees is one line naming
+    both. (`videomae.interop.pretrained.build_for_weights` then builds the config's architecture.)"""
+    if getattr(args, name, None) is None:
+        return
+    _fetch(args, name)
+    path = Path(getattr(args, name))
+    if not (path.is_dir() and (path / "config.json").is_file()):
+        return
+    from videomae.interop.pretrained import arch_conflicts, hf_flags, read_hf_config
+
+    shown = getattr(args, "_weights_ids", {}).get(name, path)
+    try:
+        config = read_hf_config(path)
+        flags = hf_flags(config, kind)
+    except ValueError as err:
+        fail(args, f"--{name} {str(err).splitlines()[0]}")
+    given = set(getattr(args, "_explicit", ()))
+    bad = arch_conflicts(config, getattr(args, "model", None), vars(args), given)
+    if bad:
+        fail(args, f"--{name} {shown}: its config.json disagrees with {'; '.join(bad)} (drop the flag to use the "
+             "config's architecture)")
+    for key, value in flags.items():
+        if key not in given and hasattr(args, key) and value is not None:
+            setattr(args, key, value)
 
 
 def check_model(args, prefix: str) -> None:

@@ -13,17 +13,19 @@ from videomae.commands import runs
 
 
 def add_video_arguments(p, default_model=None) -> None:
+    p.add_argument("videos_given", nargs="*", metavar="VIDEO", help="video files, folders of videos or list files "
+                   "(the same as --data_path, which names one)")
     g = p.add_argument_group("model and videos")
-    c.flag(g, "--checkpoint", default=None, help="weights (any supported layout, or a Hugging Face folder)")
+    c.flag(g, "--checkpoint", default=None, help="weights (any supported layout, a Hugging Face folder or Hub id)")
     c.flag(g, "--model", default=default_model, help="model name (default: the one stored with the weights)")
     c.flag(g, "--data_path", "--video", dest="data_path", default=None,
            help="a video file, a folder of videos, or a list file (`path label` lines)")
     c.flag(g, "--data_root", default=None, help="prefix for relative paths in list files")
     c.flag(g, "--list_format", default="auto", choices=("auto", "video", "v2", "rawframes"), help="list format")
-    c.flag(g, "--input_size", type=int, default=224, help="clip size in pixels (default: the weights')")
-    c.flag(g, "--num_frames", type=int, default=16, help="frames per window (default: the weights')")
+    c.flag(g, "--input_size", type=int, default=224, help="clip size in pixels (default: the weights', else 224)")
+    c.flag(g, "--num_frames", type=int, default=16, help="frames per window (default: the weights', else 16)")
     c.flag(g, "--sampling_rate", type=int, default=4, help="temporal stride inside a window")
-    c.flag(g, "--tubelet_size", type=int, default=2, help="frames per cube (default: the weights')")
+    c.flag(g, "--tubelet_size", type=int, default=2, help="frames per cube (default: the weights', else 2)")
     c.flag(g, "--window_stride", type=int, default=None, help="frames between window starts (default: "
            "num_frames x sampling_rate, windows side by side)")
     c.flag(g, "--max_windows", type=int, default=64, help="at most this many windows per video, evenly spread")
@@ -39,22 +41,27 @@ def check_video_arguments(args) -> None:
     c.check_model(args, "vit")
     c.check_geometry(args, c.model_patch_size(args.model))
     c.check_positive(args, "sampling_rate", "window_stride", "max_windows", "batch_size")
-    if args.data_path is None:
-        c.fail(args, "--data_path is required (a video, a folder of videos, or a list file)")
-    try:
-        args.videos = videos(args)
-    except (ValueError, FileNotFoundError) as err:
-        c.fail(args, str(err).splitlines()[0])
-    if not args.videos:
-        c.fail(args, f"--data_path {args.data_path}: no videos found")
+    sources = list(args.videos_given) + ([args.data_path] if args.data_path is not None else [])
+    if not sources:
+        c.fail(args, "name the videos: a video file, a folder of videos or a list file (as an argument or "
+               "--data_path)")
+    args.videos = []
+    for source in sources:
+        try:
+            found = videos(args, source)
+        except (ValueError, FileNotFoundError) as err:
+            c.fail(args, str(err).splitlines()[0])
+        if not found:
+            c.fail(args, f"{source}: no videos found")
+        args.videos += found
 
 
-def videos(args) -> list[str]:
+def videos(args, source: str) -> list[str]:
     from videomae.data.lists import VIDEO_EXTENSIONS, load_records
 
-    path = Path(args.data_path)
+    path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"--data_path {path}: no such file or folder")
+        raise FileNotFoundError(f"{path}: no such video, folder or list file")
     if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
         return [str(path)]
     return [r.path for r in load_records(path, root=args.data_root, fmt=args.list_format)]
@@ -103,7 +110,7 @@ def classifier(args, num_classes: int | None = None):
     raw official-layout state dict of the weights."""
     from videomae.checkpoint import load_checkpoint, read_checkpoint, unwrap
     from videomae.interop.hf import hf_to_official, is_hf_state_dict
-    from videomae.registry import create_model
+    from videomae.interop.pretrained import build_for_weights
 
     sd = unwrap(read_checkpoint(args.checkpoint), str(args.checkpoint))
     if is_hf_state_dict(sd):
@@ -111,8 +118,8 @@ def classifier(args, num_classes: int | None = None):
     if num_classes is None:
         head = sd.get("head.weight")
         num_classes = head.shape[0] if head is not None else 0
-    model = create_model(args.model, num_classes=num_classes, num_frames=args.num_frames, img_size=args.input_size,
-                         tubelet_size=args.tubelet_size)
+    model = build_for_weights(args.checkpoint, args.model, given=args._explicit, num_classes=num_classes,
+                              num_frames=args.num_frames, img_size=args.input_size, tubelet_size=args.tubelet_size)
     report = load_checkpoint(model, args.checkpoint)
     c.say(f"loaded {report.source} ({report.layout} layout, {len(report.loaded)} tensors)")
     return model.to(device_of(args)).eval(), sd

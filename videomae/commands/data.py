@@ -5,19 +5,9 @@ from __future__ import annotations
 from videomae.commands import _common as c
 
 NAME = "data"
+USAGE = None  # argparse's own: the tools' parsers build their names from it
 HELP = "dataset tools (`videomae data synth`, `videomae data prep`)"
 DESCRIPTION = "Dataset tools."
-
-
-def _prep_module():
-    """`videomae/data/prep.py` (the DATA engineer's), when present in this tree."""
-    import importlib.util
-
-    if importlib.util.find_spec("videomae.data.prep") is None:
-        return None
-    import videomae.data.prep as prep
-
-    return prep
 
 
 def add_arguments(p) -> None:
@@ -39,13 +29,23 @@ def add_arguments(p) -> None:
            "backgrounds and two-tone shapes (both H.264); ssm: a miniature Something-Something, 12 classes in "
            "time-reversal pairs; tiles: the demo's clips, a background repeating every 16 px under a sliding striped "
            "shape (ssm and tiles are stored as raw uint8 .npy clips, no codec)")
-    prep = _prep_module()
-    if prep is not None:
-        q = sub.add_parser("prep", help="prepare a dataset's list files", description=(prep.__doc__ or "").strip())
-        prep.add_prep_arguments(q)
+    from videomae.data import prep
+
+    q = sub.add_parser("prep", help="re-encode a dataset's videos for fast decoding: train/val/test lists + manifest",
+                       description=(prep.__doc__ or "").strip(), usage="%(prog)s INPUT [INPUT ...] --output_dir DIR "
+                       "[flags]")
+    prep.add_prep_arguments(q)
 
 
 def check(args) -> None:
+    if args.data_command == "prep":
+        from videomae.data.prep import PrepError, resolve
+
+        try:
+            args.splits = resolve(args)
+        except PrepError as err:
+            raise c.UsageError(f"videomae data prep: error: {err}") from None
+        return
     if args.data_command == "synth":
         from videomae.data.synth import RAW_STYLES, STYLES
 
@@ -61,7 +61,9 @@ def check(args) -> None:
 
 def run(args) -> int:
     if args.data_command == "prep":
-        return _prep_module().run_prep(args)
+        from videomae.data.prep import run_prep
+
+        return run_prep(args, args.splits)
     from videomae.data.synth import write_synthetic_dataset
 
     paths = write_synthetic_dataset(args.output_dir, num_train=args.num_train, num_val=args.num_val,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from videomae.commands import _common as c
 from videomae.commands import _video
 
 NAME = "extract"
+USAGE = "%(prog)s VIDEO [VIDEO ...] --checkpoint WEIGHTS [flags]"
 HELP = "features of videos (sliding windows) to .npy or .safetensors"
 DESCRIPTION = ("Frozen features: each window of num_frames frames (every sampling_rate) goes through the encoder; "
                "its tokens are mean-pooled (after the encoder's final norm for pretraining weights, through fc_norm "
@@ -63,7 +65,6 @@ def run(args) -> int:
 
     model, sd = _video.classifier(args, num_classes=0)
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     index, tensors, skipped = {}, {}, 0
     for key, path in zip(_keys(args.videos), args.videos):
         try:
@@ -77,13 +78,21 @@ def run(args) -> int:
         if args.format == "npy":
             import numpy as np
 
+            out.mkdir(parents=True, exist_ok=True)  # made by the first result: a run with none leaves no folder
             np.save(out / f"{key}.npy", feats.numpy())
         else:
             tensors[key] = feats.contiguous()
+    if not index:
+        print(f"no features: none of the {len(args.videos)} videos could be read", file=sys.stderr)
+        return 1
+    out.mkdir(parents=True, exist_ok=True)
     if tensors:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file(tensors, str(out / "features.safetensors"), metadata={"model": args.model})
+        from videomae.integrity import write_atomic
+
+        data = save(tensors, metadata={"model": args.model})
+        write_atomic(out / "features.safetensors", lambda f: f.write(data), sidecar_too=False)
     (out / "index.json").write_text(json.dumps({"model": args.model, "checkpoint": str(args.checkpoint),
                                                 "num_frames": args.num_frames, "sampling_rate": args.sampling_rate,
                                                 "videos": index}, indent=1))

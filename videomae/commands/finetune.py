@@ -63,7 +63,7 @@ def check(args) -> None:
     if args.finetune is not None:
         from videomae.train.finetune import build_classifier
 
-        runs.check_fits(args, "finetune", lambda: build_classifier(args, args.nb_classes or 2))
+        runs.check_fits(args, "finetune", lambda: build_classifier(args, args.nb_classes or 2, args.finetune))
     runs.check_run_folder(args)
 
 

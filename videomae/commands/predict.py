@@ -4,6 +4,7 @@ softmax averaged over sliding windows."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from videomae.commands import _common as c
 from videomae.commands import _video
 
 NAME = "predict"
+USAGE = "%(prog)s VIDEO [VIDEO ...] --checkpoint WEIGHTS [flags]"
 HELP = "top-k classes per video with a fine-tuned classifier (sliding-window averaging)"
 DESCRIPTION = ("Classify videos: softmax of every window averaged per video; prints the top-k classes and writes "
                "predictions.json.")
@@ -33,7 +35,15 @@ def check(args) -> None:
 
 
 def class_names(args, num_classes: int) -> list[str]:
+    """--classes, else a Hugging Face folder's id2label, else classes.txt beside the weights or their training list."""
     from videomae.checkpoint import stored_args
+
+    if not args.classes and Path(args.checkpoint, "config.json").is_file():
+        from videomae.interop.pretrained import read_hf_config
+
+        labels = read_hf_config(args.checkpoint).get("id2label") or {}
+        if len(labels) == num_classes:
+            return [str(labels[k]) for k in sorted(labels, key=int)]
 
     candidates = [Path(args.classes)] if args.classes else [Path(args.checkpoint).parent / "classes.txt"]
     data_path = stored_args(args.checkpoint).get("data_path")
@@ -77,9 +87,12 @@ def run(args) -> int:
         best = [{"class": names[i], "index": int(i), "probability": float(p)} for p, i in zip(top.values, top.indices)]
         results.append({"path": path, "windows": len(starts), "top": best})
         print(f"{path}: " + ", ".join(f"{b['class']} {b['probability']:.3f}" for b in best))
+    if not results:
+        print(f"no predictions: none of the {len(args.videos)} videos could be read", file=sys.stderr)
+        return 1
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "predictions.json").write_text(json.dumps({"checkpoint": str(args.checkpoint), "model": args.model,
                                                       "videos": results}, indent=1))
     print(f"wrote {out / 'predictions.json'}")
-    return 0 if results else 1
+    return 0

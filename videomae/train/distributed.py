@@ -1,8 +1,12 @@
-"""torchrun detection, process groups, DDP / FSDP2 wrapping, and "rank 0 only" helpers."""
+"""Launcher detection (torchrun, torch.distributed.launch, Slurm's srun), process groups, DDP / FSDP2 wrapping,
+and "rank 0 only" helpers."""
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -25,8 +29,48 @@ class DistInfo:
         return self.rank == 0
 
 
+def adopt_launcher_env(environ=os.environ) -> bool:
+    """Slurm's `srun` (one task per GPU, as the official V2 scripts launch) -> the torchrun variables the rest reads.
+
+    torchrun and torch.distributed.launch set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT
+    themselves, and win when present (torchrun inside an srun step is common). Otherwise, as the official
+    `init_distributed_mode`: RANK = SLURM_PROCID, WORLD_SIZE = SLURM_NTASKS, LOCAL_RANK = SLURM_LOCALID; MASTER_ADDR,
+    unless set, is the step's first node (`scontrol show hostnames`, else the node list's first name); MASTER_PORT,
+    unless set (the V2 scripts export it), is derived from the job id so that every task picks the same one.
+    A single task is a single process. -> True when Slurm's variables were adopted."""
+    if "RANK" in environ and "WORLD_SIZE" in environ:
+        return False
+    if "SLURM_PROCID" not in environ or int(environ.get("SLURM_NTASKS", "1")) <= 1:
+        return False
+    environ["RANK"] = environ["SLURM_PROCID"]
+    environ["WORLD_SIZE"] = environ["SLURM_NTASKS"]
+    environ["LOCAL_RANK"] = environ.get("SLURM_LOCALID", "0")
+    if "MASTER_ADDR" not in environ:
+        nodes = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST") or \
+            environ.get("SLURM_NODELIST") or "127.0.0.1"
+        environ["MASTER_ADDR"] = first_host(nodes)
+    if "MASTER_PORT" not in environ:
+        job = environ.get("SLURM_JOB_ID", "0")
+        environ["MASTER_PORT"] = str(20000 + zlib.crc32(job.encode()) % 20000)
+    return True
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list ('gpu[003-005,9],cpu1' -> 'gpu003'): scontrol when there is one."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.split():
+            return out.stdout.split()[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    m = re.match(r"([^,\[]+)(?:\[([^\],-]+))?", nodelist)
+    return m.group(1) + (m.group(2) or "") if m else nodelist
+
+
 def from_env() -> DistInfo:
-    """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them this is a single process."""
+    """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK (`adopt_launcher_env` maps Slurm's); without them this is a
+    single process."""
+    adopt_launcher_env()
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo()
     return DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
-from videomae.registry import create_model
 from videomae.train import distributed
 from videomae.train.data import EpochSampler, make_loader
 from videomae.train.engine import (
@@ -185,9 +184,12 @@ def _say_eval(s: Setup, result: dict, names: list[str]) -> None:
 # ---------------------------------------------------------------- fine-tuning
 
 
-def build_classifier(args, num_classes: int):
-    return create_model(
-        args.model, num_classes=num_classes, num_frames=args.num_frames, img_size=args.input_size,
+def build_classifier(args, num_classes: int, weights=None):
+    from videomae.interop.pretrained import build_for_weights  # an HF folder / Hub id: its config's model
+
+    return build_for_weights(
+        weights, args.model, given=getattr(args, "_explicit", None), num_classes=num_classes,
+        num_frames=args.num_frames, img_size=args.input_size,
         tubelet_size=args.tubelet_size, drop_path_rate=args.drop_path, fc_drop_rate=args.fc_drop_rate,
         init_scale=args.init_scale, use_checkpoint=args.use_checkpoint,
         drop_rate=getattr(args, "drop_rate", 0.0), attn_drop_rate=getattr(args, "attn_drop_rate", 0.0),
@@ -203,7 +205,7 @@ def run(args) -> Path:
     names = class_names(train_list, labels, num_classes)
 
     seed_everything(args.seed)
-    model = build_classifier(args, num_classes)
+    model = build_classifier(args, num_classes, args.finetune)
     if args.finetune:
         from videomae.checkpoint import load_checkpoint
 
@@ -348,7 +350,7 @@ def run_evaluation(args) -> Path:
         num_classes = head.shape[0] if head is not None else len(class_names(test_list, labels, None))
     names = class_names(test_list, labels, num_classes)
     args.drop_path, args.fc_drop_rate, args.init_scale, args.use_checkpoint = 0.0, 0.0, 0.001, False
-    model = build_classifier(args, num_classes)
+    model = build_classifier(args, num_classes, args.checkpoint)
     report = load_checkpoint(model, args.checkpoint)
     if report.missing:
         raise ValueError(f"{args.checkpoint} does not fit {args.model}: missing {', '.join(report.missing[:4])}")

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 
-from videomae.registry import create_model
 from videomae.train import distributed
 from videomae.train.data import EpochSampler, make_loader
 from videomae.train.engine import (
@@ -35,11 +34,13 @@ from videomae.train.schedule import cosine_schedule, scaled_lr
 
 
 def build_model(args) -> torch.nn.Module:
+    from videomae.interop.pretrained import build_for_weights  # --init an HF folder / Hub id: its config's model
+
     depth = {} if args.decoder_depth is None else {"decoder_depth": args.decoder_depth}
-    return create_model(
-        args.model, num_frames=args.num_frames, img_size=args.input_size, tubelet_size=args.tubelet_size,
-        drop_path_rate=args.drop_path, normalize_target=args.normlize_target, use_checkpoint=args.use_checkpoint,
-        **depth,
+    return build_for_weights(
+        getattr(args, "init", None), args.model, given=getattr(args, "_explicit", None), num_frames=args.num_frames,
+        img_size=args.input_size, tubelet_size=args.tubelet_size, drop_path_rate=args.drop_path,
+        normalize_target=args.normlize_target, use_checkpoint=args.use_checkpoint, **depth,
     )
 
 
