@@ -619,12 +619,19 @@ def build_model(step: Step, args) -> torch.nn.Module:
     build = module.build_model if step.command == "pretrain" else lambda a: module.build_classifier(a, 400)
     if step.depth is None:
         return build(args)
-    real = module.create_model
+    from videomae import registry
+
+    real = registry.create_model
 
     def create_model(name, **kwargs):
         return real(name, **kwargs, **{"encoder_depth" if step.command == "pretrain" else "depth": step.depth})
 
-    with mock.patch.object(module, "create_model", create_model):
+    # The CLI reaches registry.create_model through its builders (looked up when called); a module that bound the
+    # name at import is patched too.
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(registry, "create_model", create_model))
+        if hasattr(module, "create_model"):
+            stack.enter_context(mock.patch.object(module, "create_model", create_model))
         return build(args)
 
 

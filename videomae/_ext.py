@@ -40,6 +40,12 @@ def build_info() -> dict:
     return _info
 
 
+def other_builds() -> list[str]:
+    """Build records in this tree for other interpreters (one tree, two venvs: CI's pinned stack), by file name."""
+    own = build_info_path().name
+    return sorted(p.name for p in build_info_path().parent.glob("_build_info.*.json") if p.name != own)
+
+
 def _abi_mismatch(info: dict) -> str | None:
     """Why an extension built for `info` must not be loaded into this torch (loading could crash), or None."""
     built, cuda = info.get("torch", ""), info.get("torch_cuda", "")
