@@ -58,7 +58,7 @@ OFFICIAL = (
              {"action": "store_false", "dest": "auto_resume"}),
     Official("start_epoch", _BOTH, "0 only: a run continues where its checkpoint says (--resume)", _store(int)),
     Official("color_jitter", _BOTH, "ignored: the official video pipelines never apply it either", _store(float)),
-    Official("train_interpolation", _BOTH, "ignored: RandAugment and crops use our fixed (bilinear) resize",
+    Official("train_interpolation", _BOTH, "ignored: RandAugment resamples bicubic (the official default), crops resize bilinear",
              _store()),
     Official("imagenet_default_mean_and_std", _BOTH, "always: clips are normalized with the ImageNet mean/std",
              _TRUE),
