@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from videomae.layers import recompute
 from videomae.layers.attention import Attention
 from videomae.layers.drop import DropPath
 
@@ -61,10 +62,9 @@ def stochastic_depth(rate: float, depth: int) -> list[float]:
 
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
-    """The blocks in order; with `grad_checkpointing` each block's activations are recomputed in backward."""
+    """The blocks in order; with `grad_checkpointing` each block's activations are recomputed in backward,
+    otherwise what `videomae.layers.recompute` says (by default, in eager CUDA training, the cheap ones)."""
+    mode = recompute.resolve(x, grad_checkpointing)
     for blk in blocks:
-        if grad_checkpointing and x.requires_grad:
-            x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
-        else:
-            x = blk(x)
+        x = recompute.run_block(blk, x, mode)
     return x
