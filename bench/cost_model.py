@@ -21,7 +21,8 @@ Time of a kernel = max(FLOPs / (PEAK_MATMUL * e_c), bytes / (COPY_BW * e_b)) + L
 of `EFFICIENCY` (priors from published H100/H200 figures, stated with their source in the table; `correct()`
 replaces them by the ones the GPU measures: `measure_cuda()` in bench/gpu.sh).
 
-    python bench/cost_model.py                  # ViT-B, B=32, 16x224x224, tube 0.9 -> bench/results/cost_model.{json,md}
+    python bench/cost_model.py            # ViT-B, B=32, 16x224x224, tube 0.9 -> bench/results/cost_model.{json,md}
+    python bench/cost_model.py --measure  # on a GPU: measured time per kernel class next to the prediction
 """
 
 from __future__ import annotations
@@ -362,11 +363,10 @@ def predict(ks: list[Kernel], eff: Efficiency = Efficiency(), attention: str | N
             kernel = attention or k.attention_kernel
             e_c, e_b = eff.attention(kernel, k.phase), eff.memory_of_compute_bound
             k = replace(k, attention_kernel=kernel)
-        elif k.cls in ("reduction", "cast", "fused_op", "optimizer"):
+        elif k.cls == "fused-op":  # cube_embed's GEMMs: [B*N_vis, 1536] x [1536, D], smallest dimension D >= 384
+            e_b, e_c = eff.fused_op, (eff.gemm(4096, 768, 1536) if k.flops else None)
+        elif k.cls in ("reduction", "cast", "optimizer"):
             e_b = getattr(eff, k.cls)
-        elif k.cls == "fused-op":
-            e_b = eff.fused_op
-            e_c = eff.gemm(1 << 20, 768, 1536) if k.flops else None
         t_mem = k.bytes / (COPY_BW * e_b)
         t_cmp = k.flops / (PEAK_MATMUL * e_c) if e_c else 0.0
         out.append(replace(k, time_s=max(t_mem, t_cmp) + LAUNCH_S))
@@ -399,3 +399,189 @@ def correct(eff: Efficiency, predicted_ms: dict[str, float], measured_ms: dict[s
     """Per class, the factor measured / predicted: multiply that class's time by it (equivalently divide its
     efficiency), the correction `bench/gpu.sh` records next to the prediction."""
     return {k: measured_ms[k] / predicted_ms[k] for k in measured_ms if predicted_ms.get(k)}
+
+
+# --------------------------------------------------------------------------------------------- the step
+
+
+def step_kernels(size: str = "B", batch: int = 32, settings: dict | None = None) -> tuple[list[Kernel], dict]:
+    """The CLI step's kernels at (size, batch): the captured training graph (bench/memory.py) plus the optimizer.
+    `settings`: partitioner settings (None: the CLI's, `videomae.layers.recompute.COMPILE_SETTINGS`)."""
+    from bench import memory
+
+    graph = memory.training_graph(size, batch, settings=settings)
+    params = sum(p.numel() for p in memory.ours_model(size).parameters())
+    ks = kernels(graph.forward, "forward") + kernels(graph.backward, "backward") + optimizer_kernels(params)
+    return ks, {"sdpa": graph.sdpa, "params": params}
+
+
+def attention_candidates(ks: list[Kernel], batch: int, eff: Efficiency = Efficiency()) -> dict[str, dict]:
+    """Decoder + encoder attention time (fwd + bwd) and step clips/s with each SDPA kernel in place of the traced one."""
+    out = {}
+    for kernel, _ in eff.attention_fwd:
+        if kernel == "math":
+            continue
+        timed = predict(ks, eff, attention=kernel)
+        att = [k for k in timed if k.cls == "attention"]
+        out[kernel] = dict(
+            decoder_fwd_ms=1e3 * sum(k.time_s for k in att if k.phase == "forward" and k.component.startswith("dec")),
+            decoder_bwd_ms=1e3 * sum(k.time_s for k in att if k.phase == "backward" and k.component.startswith("dec")),
+            attention_ms=sum(k.time_s for k in att) * 1e3, step_ms=sum(k.time_s for k in timed) * 1e3,
+            clips_per_s=batch / sum(k.time_s for k in timed),
+            tflops_fwd=dict(eff.attention_fwd)[kernel] * PEAK_MATMUL / 1e12,
+            tflops_bwd=dict(eff.attention_bwd)[kernel] * PEAK_MATMUL / 1e12)
+    return out
+
+
+def run(size: str = "B", batch: int = 32) -> dict:
+    from bench.common import provenance
+
+    eff = Efficiency()
+    variants = {}
+    ks_default, meta = step_kernels(size, batch, settings={})
+    variants["CLI compile today (torch's partitioner defaults)"] = summarize(predict(ks_default, eff), batch)
+    ks, meta = step_kernels(size, batch)
+    timed = predict(ks, eff)
+    variants["+ recompute settings (videomae.layers.recompute.COMPILE_SETTINGS)"] = summarize(timed, batch)
+    candidates = attention_candidates(ks, batch, eff)
+    best = max(candidates, key=lambda k: candidates[k]["clips_per_s"])
+    biggest = sorted(timed, key=lambda k: -k.time_s)[:30]
+    return dict(
+        model=size, batch=batch, clip="16x224x224, tube 0.9, bf16 autocast", sdpa_traced=meta["sdpa"],
+        peaks=dict(matmul_tflops=PEAK_MATMUL / 1e12, copy_tbps=COPY_BW / 1e12, launch_us=LAUNCH_S * 1e6),
+        efficiency=asdict(eff), variants=variants, attention_candidates=candidates, best_attention=best,
+        headline=variants["+ recompute settings (videomae.layers.recompute.COMPILE_SETTINGS)"],
+        largest_kernels=[asdict(k) for k in biggest], kernels=[asdict(k) for k in timed],
+        **provenance("torch", "fake H200 (no GPU: predicted)"))
+
+
+def markdown(r: dict) -> str:
+    h = r["headline"]
+    lines = [
+        "# Cost model of the CLI step on an H200 (predicted)", "",
+        f"ViT-{r['model']}, B={r['batch']}, {r['clip']}; graph traced on a fake H200 (bench/fake_step.py), "
+        f"SDPA kernel traced: {', '.join(r['sdpa_traced'])}; peaks: {r['peaks']['matmul_tflops']:.0f} TFLOP/s bf16 "
+        f"matmul, {r['peaks']['copy_tbps']} TB/s copy (measured, GUIDE.md section 3), {r['peaks']['launch_us']} us per "
+        f"kernel; torch {r['torch']}, git {r['git_sha']}, {r['date_utc']}.", "",
+        f"**Predicted: {h['step_ms']:.1f} ms per step, {h['clips_per_s']:.0f} clips/s** ({h['kernels']} kernels, "
+        f"{h['bytes_gb']:.1f} GB moved, {h['tflop']:.2f} TFLOP). Target 1,900 clips/s = "
+        f"{r['batch'] / 1900 * 1e3:.1f} ms.", "",
+        "## Per component (ms)", "", "| component | ms | share |", "|---|---:|---:|",
+    ]
+    for k, v in h["by_component_ms"].items():
+        lines.append(f"| {k} | {v:.2f} | {v / h['step_ms']:.0%} |")
+    lines += ["", "## Per kernel class (ms)", "", "| class | ms | share |", "|---|---:|---:|"]
+    for k, v in h["by_class_ms"].items():
+        lines.append(f"| {k} | {v:.2f} | {v / h['step_ms']:.0%} |")
+    lines += ["", "## What each change buys", "", "| variant | step ms | clips/s | glue ms (pointwise+reduction+cast) |",
+              "|---|---:|---:|---:|"]
+    for name, v in r["variants"].items():
+        glue = sum(v["by_class_ms"].get(c, 0) for c in ("pointwise", "reduction", "cast"))
+        lines.append(f"| {name} | {v['step_ms']:.2f} | {v['clips_per_s']:.0f} | {glue:.2f} |")
+    lines += ["", "## Attention kernels (decoder: N=1568, d=64, 6 heads; all layers, fwd+bwd)", "",
+              "| kernel | TFLOP/s fwd / bwd (assumed) | decoder fwd ms | decoder bwd ms | all attention ms "
+              "| step clips/s |",
+              "|---|---|---:|---:|---:|---:|"]
+    for name, c in r["attention_candidates"].items():
+        lines.append(f"| {name} | {c['tflops_fwd']:.0f} / {c['tflops_bwd']:.0f} | {c['decoder_fwd_ms']:.2f} | "
+                     f"{c['decoder_bwd_ms']:.2f} | {c['attention_ms']:.2f} | {c['clips_per_s']:.0f} |")
+    lines += ["", "## Largest kernels", "", "| ms | class | phase | component | GB | GFLOP | shape |",
+              "|---:|---|---|---|---:|---:|---|"]
+    for k in r["largest_kernels"][:20]:
+        lines.append(f"| {k['time_s'] * 1e3:.3f} | {k['cls']} | {k['phase']} | {k['component']} | "
+                     f"{k['bytes'] / 1e9:.3f} | {k['flops'] / 1e9:.1f} | {k['shape']} {k['attention_kernel']} |")
+    lines += ["", "Efficiencies (fractions of the measured peaks; `Efficiency` in bench/cost_model.py says where each "
+              "comes from):", "", "```", json.dumps(r["efficiency"], indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- on a GPU
+
+
+CLASS_PATTERNS = (  # kernel-name patterns of the profiler's CUDA events -> our classes
+    ("attention", ("cudnn", "flash", "fmha", "attention", "sdpa")),
+    ("matmul", ("gemm", "nvjet", "sm90_xmma", "cutlass", "ampere", "hopper")),
+    ("optimizer", ("adam", "foreach", "multi_tensor", "norm_kernel")),
+    ("fused-op", ("cube_embed", "decoder_input", "norm_pix_mse", "add_layer_norm", "token_sum")),
+    ("reduction", ("per_fused", "red_fused", "reduce")),
+    ("pointwise", ("poi_fused", "elementwise", "copy", "cat")),
+)
+
+
+def classify_kernel(name: str) -> str:
+    low = name.lower()
+    for cls, pats in CLASS_PATTERNS:
+        if any(p in low for p in pats):
+            return cls
+    return "other"
+
+
+def measure_cuda(size: str = "B", batch: int = 32, steps: int = 10, out: str | None = None) -> dict:
+    """On a GPU: the CLI step (engine.Trainer, StepConfig defaults: compile, bf16, fused ops, auto attention) under
+    torch.profiler; the CUDA time per kernel class next to this model's prediction, and the correction factor per
+    class (measured / predicted) that `correct()` defines. Written to `out` (default bench/results/cost_model-
+    cuda.json). Called by bench/gpu.sh: `python bench/cost_model.py --measure --out $OUT`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench import train_step
+    from bench.common import provenance
+
+    device = torch.device("cuda")
+    spec = dict(model=size, frames=16, size=224, ratio=0.9, batch=batch, peer="fast", compile=None,
+                cuda_graphs=False, compile_backend="inductor")
+    inputs = train_step.make_inputs(spec, device, hf=False)
+    step, losses, backend, extra, _ = train_step.build_ours(spec, device, inputs)
+    for i in range(5):  # compile and warm up outside the profile
+        step(*inputs[i % len(inputs)])
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for i in range(steps):
+            step(*inputs[i % len(inputs)])
+        end.record()
+        torch.cuda.synchronize()
+    measured: dict[str, float] = defaultdict(float)
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if t:
+            measured[classify_kernel(e.key)] += t / 1e3 / steps  # us -> ms per step
+    ks, _ = step_kernels(size, batch)
+    pred = summarize(predict(ks), batch)
+    pred_class: dict[str, float] = defaultdict(float)
+    for k, v in pred["by_class_ms"].items():
+        pred_class[k.split(" (")[0]] += v
+    result = dict(step_ms_measured=start.elapsed_time(end) / steps, step_ms_predicted=pred["step_ms"],
+                  clips_per_s_measured=batch * steps / (start.elapsed_time(end) / 1e3),
+                  clips_per_s_predicted=pred["clips_per_s"], by_class_ms_measured=dict(measured),
+                  by_class_ms_predicted=dict(pred_class), correction=correct(Efficiency(), pred_class, measured),
+                  backend=backend, attention=extra["attention"], **provenance(backend, "cuda"))
+    path = Path(out or RESULTS) / "cost_model-cuda.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="B", choices=["S", "B", "L"])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--measure", action="store_true", help="on a GPU: measure per class next to the prediction")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    if args.measure:
+        r = measure_cuda(args.model, args.batch, out=args.out)
+        print(json.dumps({k: v for k, v in r.items() if not isinstance(v, dict)}, indent=1))
+        return 0
+    r = run(args.model, args.batch)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cost_model.json").write_text(json.dumps(r, indent=1) + "\n")
+    (out / "cost_model.md").write_text(markdown(r))
+    h = r["headline"]
+    print(f"predicted {h['step_ms']:.1f} ms/step, {h['clips_per_s']:.0f} clips/s -> {out / 'cost_model.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -57,8 +57,7 @@ def fake_h200() -> Iterator[FakeTensorMode]:
     cap = (H200.major, H200.minor)
     patches = [
         # `torch.cuda.is_available` stays False: with it True, fake tensors reach into the (absent) CUDA runtime.
-        # So the compiled CUDA extension's backend reports "no CUDA device" and the fused ops run as their
-        # `torch` backend, whose autograd saves exactly what every backend saves (one setup_context per op).
+        # The fused ops' GPU backends are told otherwise below (`_as_on_gpu`).
         mock.patch("torch.cuda.device_count", lambda: 1),
         mock.patch("torch.cuda.current_device", lambda: 0),
         mock.patch("torch.cuda.is_bf16_supported", lambda *a, **k: True),
@@ -67,11 +66,15 @@ def fake_h200() -> Iterator[FakeTensorMode]:
         mock.patch("torch.cuda.get_device_name", lambda *a, **k: H200.name),
     ]
     saved_cap = dict(dispatch._CAPABILITY)
+    saved_ops = dict(dispatch._REGISTRY["ops"])
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     with contextlib.ExitStack() as stack:
         for p in patches:
             stack.enter_context(p)
         dispatch._CAPABILITY[0] = cap
+        for name in ("cuda", "triton"):
+            if name in saved_ops:
+                dispatch.register_backend(_as_on_gpu(saved_ops[name]))
         dispatch.clear_cache()
         try:
             with mode:
@@ -79,7 +82,20 @@ def fake_h200() -> Iterator[FakeTensorMode]:
         finally:
             dispatch._CAPABILITY.clear()
             dispatch._CAPABILITY.update(saved_cap)
+            dispatch._REGISTRY["ops"].clear()
+            dispatch._REGISTRY["ops"].update(saved_ops)
             dispatch.clear_cache()
+
+
+def _as_on_gpu(backend):
+    """The same backend, without the reason "no CUDA device" (its ops' fake kernels serve the fake tensors): the
+    fused ops dispatch as on the H200 (auto: cuda, then triton), whose outputs and saved tensors (dtypes included:
+    the GPU kernels keep x_vis' dtype in decoder_input) are what the GPU holds."""
+    cls = type(backend)
+    fake = type(f"OnGpu{cls.__name__}", (cls,), {"unavailable_reasons": lambda self: []})
+    out = fake.__new__(fake)
+    out.__dict__.update(backend.__dict__)
+    return out
 
 
 @contextlib.contextmanager
@@ -429,8 +445,9 @@ def capture_training_graph(loss_fn: Callable, params: dict[str, torch.Tensor], i
 
     flat = [params[n].detach() for n in names] + list(inputs)
     # the forward's ops after autocast (the custom ops keep their registered autograd); preserve_node_meta keeps
-    # the components that `ComponentTracker(annotate=True)` stamps on the nodes
-    with torch.no_grad(), fx_traceback.preserve_node_meta():
+    # the components that `ComponentTracker(annotate=True)` stamps on the nodes; `torch.compiler.is_compiling()`
+    # answers True, as while dynamo traces, so the model takes its compiled path
+    with torch.no_grad(), fx_traceback.preserve_node_meta(), mock.patch("torch.compiler._is_compiling_flag", True):
         fw = make_fx(forward, tracing_mode="real")(*flat)
     fw = _to_cpu_graph(fw)
     graphs: dict[str, torch.fx.GraphModule] = {}

@@ -29,7 +29,9 @@ cuBLAS/cuDNN workspaces and the backward's transient buffers (measured on the GP
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import importlib.util
 import json
 import sys
 import warnings
@@ -226,9 +228,19 @@ class Switches:
     partitioner: str = "videomae"
 
     def compile_settings(self) -> dict:
-        from videomae.layers import recompute
+        recompute = _recompute()
+        return dict(recompute.COMPILE_SETTINGS) if recompute and self.partitioner == "videomae" else {}
 
-        return dict(recompute.COMPILE_SETTINGS) if self.partitioner == "videomae" else {}
+    def context(self):
+        """The recompute switch for the eager rows (nothing on a commit before the switch existed)."""
+        recompute = _recompute()
+        return recompute.use_recompute(self.recompute) if recompute else contextlib.nullcontext()
+
+
+def _recompute():
+    """videomae.layers.recompute, or None on commits before it (the baseline row is measured there)."""
+    return importlib.import_module("videomae.layers.recompute") if importlib.util.find_spec(
+        "videomae.layers.recompute") else None
 
 
 def saved_eager(peer: str, size: str, batch: int, dtype: torch.dtype | None = torch.bfloat16,
@@ -245,9 +257,7 @@ def saved_eager(peer: str, size: str, batch: int, dtype: torch.dtype | None = to
         step = make_step(peer, net, videos, ids, mask, tracker.enter)
         state = fs.state_storages(net)
         held = fs.HeldBytes(tracker, state)
-        from videomae.layers import recompute
-
-        with _attention_switch(peer), recompute.use_recompute(switches.recompute), \
+        with _attention_switch(peer), switches.context(), \
                 fs.SavedBytes(tracker, state) as saved, mode, held, fs.autocast("cuda", dtype):
             loss = step()
         tracker.remove()
@@ -280,9 +290,7 @@ def training_graph(size: str, batch: int, dtype: torch.dtype | None = torch.bflo
     while partitioning (default: `videomae.layers.recompute.COMPILE_SETTINGS`, which the CLI's compile applies)."""
     import torch._functorch.config as functorch_config
 
-    from videomae.layers import recompute
-
-    settings = recompute.COMPILE_SETTINGS if settings is None else settings
+    settings = Switches().compile_settings() if settings is None else settings
     net = ours_model(size)
     real = real_masks(batch)
     with fs.fake_h200():
