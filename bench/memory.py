@@ -2,15 +2,20 @@
 (eager and compiled), Hugging Face transformers `VideoMAEForPreTraining` (sdpa) and the official code.
 
 Method (the same for every row): `torch.autograd.graph.saved_tensors_hooks` sees every tensor an autograd node
-saves; each storage is counted once (views share it), parameters and buffers are left out, and the figure per
-clip is batch 2 minus batch 1 (what does not grow with the batch cancels: cast copies of the weights, for one).
-The step is forward + loss under bf16 autocast, as `videomae pretrain` runs it on CUDA, at 16x224x224, tube 0.9.
+saves, and a dispatch mode sees every storage the forward makes (`fake_step.HeldBytes`); the figure is their union
+at the end of forward + loss: what autograd saved (the input clip included) and what the forward made that is still
+alive (what activation checkpointing and its cache keep, which the hooks do not see). Each storage is counted once
+(views share it), parameters and buffers are left out, and the figure per clip is batch 2 minus batch 1 (what does
+not grow with the batch cancels: the weights' bf16 copies, for one). The hooks-only figure is `saved_hooks_*` in
+the json. The step is forward + loss under bf16 autocast, as `videomae pretrain` runs it on CUDA, at 16x224x224,
+tube 0.9.
 
 Device: no GPU runs this. The models run on fake CUDA tensors (`bench/fake_step.py`): PyTorch's own CUDA autocast
 policy applies (LayerNorm, softmax, MSE in fp32), SDPA runs the aten kernel PyTorch (or our dispatcher) picks
-on an H200, and the storages saved are those the GPU would hold, without allocating them. This is more
-faithful than emulating CUDA autocast with CPU autocast, whose policy differs (CPU autocast keeps LayerNorm in
-bf16), and it costs milliseconds at any size.
+on an H200, the fused ops dispatch to their GPU backends (their fake kernels give the GPU's dtypes), and the
+storages saved are those the GPU would hold, without allocating them. This is more faithful than emulating CUDA
+autocast with CPU autocast, whose policy differs (CPU autocast keeps a bf16 LayerNorm in bf16), and it costs
+seconds at any size. `measure_cuda` measures the same rows on a real GPU.
 - `ours`: the CLI's model and objective, dispatcher on auto (attention: what auto picks on an H200).
 - `ours-eager-attn`: the same with eager attention (the reference): what SDPA's output + log-sum-exp saves.
 - `ours-compiled`: the saved values of the training graph as inductor partitions it (`fake_step.capture_
@@ -428,9 +433,11 @@ def run(sizes: list[str], peers: list[str], switches: Switches = Switches()) -> 
                              grouped_mib={k: round(v / MiB, 3) for k, v in grouped(r["held"]).items()},
                              components=r["held"], sdpa_kernels=r["sdpa"], max_batch=fits))
             print(f"{size} {peer:16s} {r['total'] / MiB:8.2f} MiB/clip  max batch {fits}", flush=True)
-    return dict(rows=rows, method=__doc__.split("\n\n")[1].replace("\n", " "),
+    prov = provenance("torch", "cpu")
+    prov["device"] = f"a fake H200 (FakeTensorMode, bench/fake_step.py) on {prov['device']}"
+    return dict(rows=rows, method=" ".join(__doc__.split("\n\n")[1:3]).replace("\n", " "),
                 clip="16x224x224, tube 0.9, bf16 autocast (CUDA policy), ViT decoder depth 4",
-                capacity_bytes=CAPACITY, reserve_bytes=RESERVE, **provenance("torch", "fake H200 (no GPU; see method)"))
+                capacity_bytes=CAPACITY, reserve_bytes=RESERVE, **prov)
 
 
 def ratio(result: dict, size: str = "B", peer: str = "ours", base: str = "hf") -> float | None:

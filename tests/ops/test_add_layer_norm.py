@@ -1,12 +1,11 @@
-"""add_layer_norm on every backend that runs here, forward and backward, against the fp64 oracle
-(`add_layer_norm_ref(upcast=True)`), by the flash-attention rule: a backend's error is at most ERROR_RATIO times
-PyTorch's own error in the same dtypes (the official add + fp32 LayerNorm + cast) plus ERROR_FLOOR; what backward
-keeps; opcheck; bad input; reruns; the compiled path."""
+"""add_layer_norm on every backend that runs here (and, marked `gpu`, Triton on a GPU at ViT shapes), forward and
+backward, against the fp64 oracle (`add_layer_norm_ref(upcast=True)`), by the flash-attention rule: a backend's
+error is at most ERROR_RATIO times PyTorch's own error in the same dtypes (the official add + fp32 LayerNorm + cast)
+plus ERROR_FLOOR; what backward keeps; opcheck; bad input; reruns; the compiled path."""
 
 import pytest
 import torch
-from op_helpers import BACKENDS, grads
-from tolerances import ERROR_FLOOR, ERROR_RATIO
+from op_helpers import BACKENDS, check_2x, grads, needs_fused, needs_gpu
 
 import videomae.ops as ops
 from videomae.ops.add_layer_norm import add_layer_norm_ref
@@ -24,22 +23,14 @@ CASES = [
 ]
 
 
-def inputs(shape, dtype, rdtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
+def inputs(shape, dtype, rdtype, seed=0, device="cpu"):
+    g = torch.Generator(device).manual_seed(seed)
     d = shape[-1]
-    x = (torch.randn(shape, generator=g) * 2 + 0.5).to(dtype).requires_grad_()
-    r = None if rdtype is None else torch.randn(shape, generator=g).to(rdtype).requires_grad_()
-    w = (torch.randn(d, generator=g) * 0.5 + 1).requires_grad_()
-    b = (torch.randn(d, generator=g) * 0.2).requires_grad_()
+    x = (torch.randn(shape, generator=g, device=device) * 2 + 0.5).to(dtype).requires_grad_()
+    r = None if rdtype is None else torch.randn(shape, generator=g, device=device).to(rdtype).requires_grad_()
+    w = (torch.randn(d, generator=g, device=device) * 0.5 + 1).requires_grad_()
+    b = (torch.randn(d, generator=g, device=device) * 0.2).requires_grad_()
     return x, r, w, b
-
-
-def leaves(x, r, w, b):
-    return [t for t in (x, r, w, b) if t is not None]
-
-
-def err(a, ref) -> float:
-    return (a.double() - ref).abs().max().item()
 
 
 def pytorch_own(x, r, w, b, out_dtype):
@@ -48,33 +39,44 @@ def pytorch_own(x, r, w, b, out_dtype):
     return s, y.to(out_dtype)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("shape,dtype,rdtype,out_dtype", CASES, ids=str)
-def test_add_layer_norm(backend, shape, dtype, rdtype, out_dtype):
-    x, r, w, b = inputs(shape, dtype, rdtype)
+def check(backend, x, r, w, b, out_dtype):
+    """Outputs and gradients (through both outputs: the stream goes on past the block) of `backend` against the
+    oracle, by the 2x rule against PyTorch's own computation in the same dtypes."""
     with ops.use_backend(backend):
         s, y = ops.add_layer_norm(x, r, w, b, 1e-6, out_dtype=out_dtype)
     ps, py = pytorch_own(x, r, w, b, out_dtype)
     x64 = [None if t is None else t.detach().double().requires_grad_() for t in (x, r, w, b)]
     os_, oy = add_layer_norm_ref(*x64, 1e-6, upcast=True)
     assert y.dtype == out_dtype and y.shape == x.shape and s.dtype == ps.dtype
-    floor = ERROR_FLOOR[out_dtype if out_dtype != torch.float64 else torch.float32]
-    scale = max(1.0, oy.abs().max().item())
-    assert err(y, oy) <= ERROR_RATIO * err(py, oy) + floor * scale
+    check_2x("y", y, py, oy, floor_scale=max(1.0, oy.abs().max().item()))
     if r is None:
         assert s is x
     else:  # the sum is rounded once to the stream dtype, as torch's add (the interpreter rounds toward zero)
-        assert err(s, os_) <= ERROR_RATIO * err(ps, os_) + ERROR_FLOOR[s.dtype] * max(1.0, os_.abs().max().item())
-    # Gradients through both outputs (the stream continues past the block), one random cotangent each.
-    mine = [g for g in grads(torch.cat([y.double().flatten(), s.double().flatten()]), leaves(x, r, w, b))]
-    own = [g for g in grads(torch.cat([py.double().flatten(), ps.double().flatten()]), leaves(x, r, w, b))]
-    oracle = grads(torch.cat([oy.flatten(), os_.flatten()]), leaves(*x64))
-    for name, m, p, o in zip(["x", "residual", "weight", "bias"] if r is not None else ["x", "weight", "bias"],
-                             mine, own, oracle):
+        check_2x("sum", s, ps, os_, floor_scale=max(1.0, os_.abs().max().item()))
+    names = ["x", "residual", "weight", "bias"] if r is not None else ["x", "weight", "bias"]
+    mine = grads(torch.cat([y.double().flatten(), s.double().flatten()]), [x, r, w, b])
+    own = grads(torch.cat([py.double().flatten(), ps.double().flatten()]), [x, r, w, b])
+    oracle = grads(torch.cat([oy.flatten(), os_.flatten()]), x64)
+    for name, m, p, o in zip(names, mine, own, oracle):
         assert m.dtype == p.dtype and m.shape == p.shape, name
-        gscale = max(1.0, o.abs().max().item())
-        floor = ERROR_FLOOR[m.dtype if m.dtype != torch.float64 else torch.float32]
-        assert err(m, o) <= ERROR_RATIO * err(p, o) + floor * gscale, name
+        check_2x(name, m, p, o, dtype=m.dtype, floor_scale=max(1.0, o.abs().max().item()))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape,dtype,rdtype,out_dtype", CASES, ids=str)
+def test_add_layer_norm(backend, shape, dtype, rdtype, out_dtype):
+    check(backend, *inputs(shape, dtype, rdtype), out_dtype)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("width", [384, 768, 1024])
+@pytest.mark.parametrize("stream", [torch.bfloat16, torch.float32])
+def test_triton_at_vit_shapes_on_gpu(width, stream):
+    """Decoder rows of ViT-S/B/L (B=8, 1568 tokens), a bf16 branch, bf16 out; bf16 and fp32 streams."""
+    args = inputs((8, 1568, width), stream, torch.bfloat16, device="cuda")
+    needs_fused("triton", "add_layer_norm", dict(zip(("x", "residual", "weight", "bias"), args)))
+    check("triton", *args, torch.bfloat16)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
