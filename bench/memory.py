@@ -160,8 +160,10 @@ def official_loss(videos: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) 
     """engine_for_pretraining.train_one_epoch's loss (targets in fp32, no grad; the MSE under autocast)."""
     from einops import rearrange
 
-    mean = torch.tensor(videomae.loss.IMAGENET_MEAN, device=videos.device)[None, :, None, None, None]
-    std = torch.tensor(videomae.loss.IMAGENET_STD, device=videos.device)[None, :, None, None, None]
+    from videomae.constants import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN, device=videos.device)[None, :, None, None, None]
+    std = torch.tensor(IMAGENET_STD, device=videos.device)[None, :, None, None, None]
     with torch.no_grad():
         sq = rearrange(videos * std + mean, "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c", p0=2, p1=16, p2=16)
         norm = (sq - sq.mean(dim=-2, keepdim=True)) / (sq.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
@@ -210,7 +212,10 @@ def _inputs(mask: torch.Tensor, ids: TokenIds, device: str, mode: fs.FakeDeviceM
     """Fake inputs of the shapes of (mask, ids) (values never matter here); the real mask registered with the mode."""
     batch = mask.shape[0]
     videos = torch.empty(batch, 3, 16, 224, 224, device=device)
-    ids_dev = TokenIds(*(None if t is None else torch.empty(t.shape, dtype=t.dtype, device=device) for t in ids))
+    # Fake tensors of the ids' shapes; the rest of the tuple as made (`validated_for`: the ids were checked on the
+    # CPU where they were made, so the model does not read them again)
+    ids_dev = TokenIds(*(None if t is None else torch.empty(t.shape, dtype=t.dtype, device=device) for t in ids[:3]),
+                       *ids[3:])
     mask_dev = torch.empty(mask.shape, dtype=torch.bool, device=device)
     if mode is not None:
         mode.register_mask(mask_dev, mask)
@@ -218,9 +223,9 @@ def _inputs(mask: torch.Tensor, ids: TokenIds, device: str, mode: fs.FakeDeviceM
 
 
 def _attention_switch(peer: str):
-    from videomae import attention
+    from videomae import dispatch
 
-    return attention.use_attention_backend("eager" if peer == "ours-eager-attn" else "auto")
+    return dispatch.use_backend(attention="eager" if peer == "ours-eager-attn" else "auto")
 
 
 @dataclass(frozen=True)
@@ -274,9 +279,9 @@ def saved_eager(peer: str, size: str, batch: int, dtype: torch.dtype | None = to
         return out
 
 
-def _loss_fn(net: torch.nn.Module, tracker: fs.ComponentTracker):
+def _loss_fn(net: torch.nn.Module, tracker: fs.ComponentTracker, ids_meta: tuple):
     def loss_fn(params, videos, visible, decoded):
-        ids = TokenIds(visible, decoded)
+        ids = TokenIds(visible, decoded, None, *ids_meta)  # ids_meta: what follows the tensors (validated_for)
         tracker.enter("embed")
         try:
             with torch.nn.utils.stateless._reparametrize_module(net, params):
@@ -306,7 +311,8 @@ def training_graph(size: str, batch: int, dtype: torch.dtype | None = torch.bflo
         params = {**dict(net.named_parameters()), **dict(net.named_buffers())}
         try:
             with functorch_config.patch(**settings):
-                graph = fs.capture_training_graph(_loss_fn(net, tracker), params, (videos, ids.visible, ids.decoded),
+                graph = fs.capture_training_graph(_loss_fn(net, tracker, tuple(ids[3:])), params,
+                                                  (videos, ids.visible, ids.decoded),
                                                   mode, dtype)
         finally:
             tracker.remove()
