@@ -423,7 +423,11 @@ def step_kernels(size: str = "B", batch: int = 32, settings: dict | None = None)
     graph = memory.training_graph(size, batch, settings=settings)
     params = sum(p.numel() for p in memory.ours_model(size).parameters())
     ks = kernels(graph.forward, "forward") + kernels(graph.backward, "backward") + optimizer_kernels(params)
-    return ks, {"sdpa": graph.sdpa, "params": params}
+    from bench import fake_step
+    from videomae import dispatch
+
+    fused = (fake_step.gpu_backends(dispatch.registered()) or ["torch"])[0]
+    return ks, {"sdpa": graph.sdpa, "params": params, "fused_ops_backend": fused}
 
 
 def attention_candidates(ks: list[Kernel], batch: int, eff: Efficiency = Efficiency()) -> dict[str, dict]:
@@ -472,6 +476,7 @@ def run(size: str = "B", batch: int = 32, attention_json: str | None = None) -> 
     biggest = sorted(timed, key=lambda k: -k.time_s)[:30]
     return dict(
         model=size, batch=batch, clip="16x224x224, tube 0.9, bf16 autocast", sdpa_traced=meta["sdpa"],
+        fused_ops_backend=meta["fused_ops_backend"],
         peaks=dict(matmul_tflops=PEAK_MATMUL / 1e12, copy_tbps=COPY_BW / 1e12, launch_us=LAUNCH_S * 1e6),
         efficiency=asdict(eff), variants=variants, attention_candidates=candidates, best_attention=best,
         sensitivity=sensitivity,
@@ -485,8 +490,9 @@ def markdown(r: dict) -> str:
     lines = [
         "# Cost model of the CLI step on an H200 (predicted)", "",
         f"ViT-{r['model']}, B={r['batch']}, {r['clip']}; graph traced on a fake H200 (bench/fake_step.py), "
-        f"SDPA kernel traced: {', '.join(r['sdpa_traced'])}; peaks: {r['peaks']['matmul_tflops']:.0f} TFLOP/s bf16 "
-        f"matmul, {r['peaks']['copy_tbps']} TB/s copy (measured, GUIDE.md section 3), {r['peaks']['launch_us']} us per "
+        f"SDPA kernel traced: {', '.join(r['sdpa_traced'])}, fused ops: `{r['fused_ops_backend']}` backend; "
+        f"peaks: {r['peaks']['matmul_tflops']:.0f} TFLOP/s bf16 matmul, {r['peaks']['copy_tbps']} TB/s copy "
+        f"(measured, GUIDE.md section 3), {r['peaks']['launch_us']} us per "
         f"kernel; torch {r['torch']}, git {r['git_sha']}, {r['date_utc']}.", "",
         f"**Predicted: {h['step_ms']:.1f} ms per step, {h['clips_per_s']:.0f} clips/s** ({h['kernels']} kernels, "
         f"{h['bytes_gb']:.1f} GB moved, {h['tflop']:.2f} TFLOP). Target 1,900 clips/s = "

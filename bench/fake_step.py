@@ -72,9 +72,8 @@ def fake_h200() -> Iterator[FakeTensorMode]:
         for p in patches:
             stack.enter_context(p)
         dispatch._CAPABILITY[0] = cap
-        for name in ("cuda", "triton"):
-            if name in saved_ops:
-                dispatch.register_backend(_as_on_gpu(saved_ops[name]))
+        for name in gpu_backends(saved_ops):
+            dispatch.register_backend(_as_on_gpu(saved_ops[name]))
         dispatch.clear_cache()
         try:
             with mode:
@@ -85,6 +84,21 @@ def fake_h200() -> Iterator[FakeTensorMode]:
             dispatch._REGISTRY["ops"].clear()
             dispatch._REGISTRY["ops"].update(saved_ops)
             dispatch.clear_cache()
+
+
+def gpu_backends(registered: dict) -> list[str]:
+    """The fused-op backends the fake H200 offers: the compiled extension when it loaded; else Triton, when its ops
+    are opaque (TRITON_INTERPRET=1) or a driver can compile them (tracing a `triton_op` reads its kernel's IR,
+    which needs one); else none, and the ops run as `torch` (same saved tensors; decoder_input then promotes to
+    fp32 as the official code, where the GPU backends keep bf16)."""
+    if "cuda" in registered:
+        return ["cuda"]
+    if "triton" in registered:
+        from videomae.kernels._common import INTERPRET
+
+        if INTERPRET or torch.cuda.is_available():
+            return ["triton"]
+    return []
 
 
 def _as_on_gpu(backend):

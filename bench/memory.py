@@ -121,11 +121,16 @@ def import_transformers():
     return importlib.import_module("transformers")
 
 
-def ours_model(size: str) -> torch.nn.Module:
-    return fs.build_meta(lambda: videomae.create_model(f"pretrain_videomae_{SIZES[size]}_patch16_224", decoder_depth=4))
+def _made(factory, meta: bool) -> torch.nn.Module:
+    """On the meta device (sizes only, for the fake H200), or on the CPU with its own init (a real GPU run)."""
+    return fs.build_meta(factory) if meta else factory()
 
 
-def hf_model(size: str) -> torch.nn.Module:
+def ours_model(size: str, meta: bool = True) -> torch.nn.Module:
+    return _made(lambda: videomae.create_model(f"pretrain_videomae_{SIZES[size]}_patch16_224", decoder_depth=4), meta)
+
+
+def hf_model(size: str, meta: bool = True) -> torch.nn.Module:
     from bench import peers
 
     tf = import_transformers()
@@ -139,21 +144,21 @@ def hf_model(size: str) -> torch.nn.Module:
         norm_pix_loss=True,
     )
     cfg._attn_implementation = "sdpa"
-    return fs.build_meta(lambda: tf.VideoMAEForPreTraining(cfg))
+    return _made(lambda: tf.VideoMAEForPreTraining(cfg), meta)
 
 
-def official_model(size: str, root: Path = OFFICIAL) -> torch.nn.Module:
+def official_model(size: str, meta: bool = True, root: Path = OFFICIAL) -> torch.nn.Module:
     from bench import peers
 
     mp = peers.load_official(peers.official_path(str(root)))
     s = peers.sizes(ours_model(size))
     p, t = s["patch_size"], s["tubelet_size"]
-    return fs.build_meta(lambda: mp.PretrainVisionTransformer(
+    return _made(lambda: mp.PretrainVisionTransformer(
         img_size=224, patch_size=p, encoder_embed_dim=s["embed_dim"], encoder_depth=s["depth"],
         encoder_num_heads=s["heads"], encoder_num_classes=0, decoder_num_classes=3 * t * p * p,
         decoder_embed_dim=s["decoder_dim"], decoder_depth=s["decoder_depth"], decoder_num_heads=s["decoder_heads"],
         mlp_ratio=s["mlp_hidden"] / s["embed_dim"], qkv_bias=True, tubelet_size=t,
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6)))
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6)), meta)
 
 
 def official_loss(videos: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -193,10 +198,10 @@ def make_step(peer: str, net: torch.nn.Module, videos: torch.Tensor, ids: TokenI
     return step
 
 
-def build(peer: str, size: str) -> torch.nn.Module:
+def build(peer: str, size: str, meta: bool = True) -> torch.nn.Module:
     if peer.startswith("ours"):
-        return ours_model(size)
-    return hf_model(size) if peer == "hf" else official_model(size)
+        return ours_model(size, meta)
+    return hf_model(size, meta) if peer == "hf" else official_model(size, meta)
 
 
 # --------------------------------------------------------------------------------------------- measuring
@@ -386,18 +391,16 @@ def measure_cuda(peer: str = "ours", size: str = "B", batches: tuple[int, int] =
     device = torch.device("cuda")
     rows = {}
     for batch in batches:
-        net = build(peer, size).to_empty(device=device)
-        with torch.no_grad():
-            for p in net.parameters():
-                p.normal_(0, 0.02)
-        net.train()
+        net = build(peer, size, meta=False).to(device).train()
         mask, ids = real_masks(batch)
         ids = ids.to(device)
         videos = torch.randn(batch, 3, 16, 224, 224, device=device)
-        tracker = fs.ComponentTracker(net, [fs.ComponentRule(*r) for r in RULES["ours" if peer.startswith("ours")
-                                                                                  else peer]], after=AFTER.get(peer))
-        step = make_step(peer, net, videos, ids, mask.to(device), tracker.enter)
-        if peer == "ours-compiled":
+        compiled = peer == "ours-compiled"
+        rules = [] if compiled else [fs.ComponentRule(*r) for r in RULES["ours" if peer.startswith("ours") else peer]]
+        tracker = fs.ComponentTracker(net, rules, after=None if compiled else AFTER.get(peer))
+        step = make_step(peer, net, videos, ids, mask.to(device), (lambda label: None) if compiled else tracker.enter)
+        if compiled:  # as the CLI compiles (with the partitioner settings it applies)
+            _recompute().apply_compile_settings()
             step = torch.compile(step, fullgraph=True)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 step().backward()  # compile outside the measurement
@@ -441,6 +444,9 @@ def run(sizes: list[str], peers: list[str], switches: Switches = Switches()) -> 
             print(f"{size} {peer:16s} {r['total'] / MiB:8.2f} MiB/clip  max batch {fits}", flush=True)
     prov = provenance("torch", "cpu")
     prov["device"] = f"a fake H200 (FakeTensorMode, bench/fake_step.py) on {prov['device']}"
+    from videomae import dispatch
+
+    prov["fused_ops_backend"] = (fs.gpu_backends(dispatch.registered()) or ["torch"])[0]
     return dict(rows=rows, method=" ".join(__doc__.split("\n\n")[1:3]).replace("\n", " "),
                 clip="16x224x224, tube 0.9, bf16 autocast (CUDA policy), ViT decoder depth 4",
                 capacity_bytes=CAPACITY, reserve_bytes=RESERVE, **prov)
@@ -457,7 +463,8 @@ def markdown(result: dict, history: list[dict]) -> str:
     groups = ["embed", "enc.attn", "enc.mlp", "bridge", "dec.attn", "dec.mlp", "head", "loss"]
     lines = [
         "# Activation memory per clip", "",
-        f"Saved-for-backward bytes per clip (MiB), {result['clip']}; device: {result['device']}; torch "
+        f"Saved-for-backward bytes per clip (MiB), {result['clip']}; device: {result['device']}, fused ops "
+        f"dispatched to their `{result.get('fused_ops_backend', '?')}` backend; torch "
         f"{result['torch']}, transformers {result['transformers']}; git {result['git_sha']}, {result['date_utc']}.",
         "", result["method"], "",
         "| size | peer | total | " + " | ".join(groups) + " | SDPA kernel | max batch 80 GB | max batch 141 GB |",
@@ -497,6 +504,27 @@ def markdown(result: dict, history: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def measure_main(peers: list[str], out: Path) -> int:
+    """GPU rows next to the fake-H200 figures of the same peers (bench/gpu.sh's memory step)."""
+    if not torch.cuda.is_available():
+        raise SystemExit("--measure needs a CUDA device")
+    rows = []
+    for peer in peers:
+        if peer == "official" and not (OFFICIAL / "modeling_pretrain.py").is_file():
+            continue
+        try:
+            row = measure_cuda(peer, "B")
+        except Exception as e:  # noqa: BLE001 (a peer that fails is recorded, the next one runs)
+            row = {"peer": peer, "size": "B", "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+        fake = per_clip(peer, "B")
+        row.update(fake_held_per_clip=fake["total"], fake_saved_hooks_per_clip=fake["saved_total"])
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if not isinstance(v, dict)}), flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "memory-cuda.json").write_text(json.dumps(rows, indent=1) + "\n")  # after every row
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
@@ -506,8 +534,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partitioner", default="videomae", choices=["videomae", "default"],
                     help="partitioner settings of the compiled row: the CLI's (videomae) or torch's defaults")
     ap.add_argument("--label", help="append this run's ViT-B figures to the savings history under this label")
+    ap.add_argument("--measure", action="store_true",
+                    help="on a GPU: measure_cuda for each of --peers at ViT-B -> OUT/memory-cuda.json")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
+    if args.measure:
+        return measure_main(args.peers, Path(args.out))
     switches = Switches(args.recompute, args.partitioner)
     full = args.sizes == list(SIZES) and args.peers == list(PEERS) and switches == Switches()
     if not (full or args.label):
