@@ -484,7 +484,9 @@ def markdown(result: dict, history: list[dict]) -> str:
     if history:
         lines += ["", "## Savings, one change at a time (ViT-B, MiB per clip)", "",
                   "Each row is one run of this script at the commit shown, with the switches shown (`--recompute`, "
-                  "`--partitioner`), so each change has its before and after.", "",
+                  "`--partitioner`), so each change has its before and after; `-dirty`: that commit's code measured "
+                  "with this commit's bench/memory.py and bench/fake_step.py (the measuring code, not the measured).",
+                  "",
                   "| change | switches | git | ours (eager) | ours compiled | ours, eager attention | hf | "
                   "ours/hf | compiled/hf |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
 
