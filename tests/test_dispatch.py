@@ -153,7 +153,7 @@ def test_registered_backend_and_priority_table():
 
 def test_backend_report():
     report = ops.backend_report()
-    assert set(report) == {"cube_embed", "decoder_input", "norm_pix_mse"}
+    assert set(report) == {"cube_embed", "decoder_input", "norm_pix_mse", "add_layer_norm"}
     for per_backend in report.values():
         assert set(per_backend) == {"cuda", "triton", "torch"}
         assert per_backend["torch"] == {"available": True, "reasons": []}

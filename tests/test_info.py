@@ -53,4 +53,4 @@ def test_json_report_round_trips(capsys):
     assert info.main(as_json=True) == 0
     report = json.loads(capsys.readouterr().out)
     assert {"versions", "devices", "backends", "fused ops", "attention", "fast path"} <= set(report)
-    assert report["fused ops"]["report"].keys() == {"cube_embed", "decoder_input", "norm_pix_mse"}
+    assert report["fused ops"]["report"].keys() == {"cube_embed", "decoder_input", "norm_pix_mse", "add_layer_norm"}

@@ -66,7 +66,7 @@ class Family:
         return ("auto", *self.groups, *self.names)
 
 
-FUSED_OPS = ("cube_embed", "decoder_input", "norm_pix_mse")
+FUSED_OPS = ("cube_embed", "decoder_input", "norm_pix_mse", "add_layer_norm")
 FAMILIES: dict[str, Family] = {
     "ops": Family(FUSED_OPS, "VIDEOMAE_BACKEND", ("cuda", "triton", "torch"), "backend"),
     "attention": Family(

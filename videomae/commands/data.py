@@ -19,8 +19,8 @@ def add_arguments(p) -> None:
     c.flag(s, "--output_dir", "--root", dest="output_dir", default="data/synth", help="dataset folder")
     c.flag(s, "--num_train", type=int, default=160, help="training videos")
     c.flag(s, "--num_val", type=int, default=40, help="validation videos")
-    c.flag(s, "--num_test", type=int, default=0, help="test videos (styles ssm and tiles only: an untouched "
-           "test split)")
+    c.flag(s, "--num_test", type=int, default=0, help="test videos (styles ssm, tiles and motion only: an "
+           "untouched test split)")
     c.flag(s, "--num_frames", type=int, default=32, help="frames per video")
     c.flag(s, "--size", type=int, default=64, help="frame height and width (even)")
     c.flag(s, "--fps", type=int, default=25, help="frames per second")
@@ -28,7 +28,9 @@ def add_arguments(p) -> None:
     c.flag(s, "--style", default="texture", help="texture: gratings and striped shapes; smooth: low-frequency "
            "backgrounds and two-tone shapes (both H.264); ssm: a miniature Something-Something, 12 classes in "
            "time-reversal pairs; tiles: the demo's clips, a background repeating every 16 px under a sliding striped "
-           "shape (ssm and tiles are stored as raw uint8 .npy clips, no codec)")
+           "shape; motion: the study's clips, three textured objects drifting 2-4 px per sampled frame over a textured "
+           "background, their direction the class (ssm, tiles and motion are stored as raw uint8 .npy clips, no "
+           "codec)")
     from videomae.data import prep
 
     q = sub.add_parser("prep", help="re-encode a dataset's videos for fast decoding: train/val/test lists + manifest",

@@ -37,7 +37,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, N, D] -> [B, N, D]"""
         qkv = F.linear(x, self.qkv.weight, self.qkv_bias())
-        q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads).unbind(0)
+        # q, k, v: [B, H, N, d] views of qkv [B, N, 3, H, d]. Split on the `3` axis, their gradients stack back into
+        # that layout, which is qkv's: backward writes d qkv once (splitting on a leading axis would stack
+        # [3, B, H, N, d] and then copy again to [B, N, 3D]).
+        q, k, v = (t.transpose(1, 2) for t in qkv.unflatten(-1, (3, self.num_heads, -1)).unbind(2))
         drop = self.attn_drop if self.training else 0.0
         out = scaled_dot_product_attention(q, k, v, scale=self.scale, dropout_p=drop)
         return self.proj_drop(self.proj(rearrange(out, "b h n d -> b n (h d)")))

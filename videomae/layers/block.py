@@ -1,12 +1,15 @@
-"""Pre-norm transformer block: `x + attn(norm1(x))`, `x + mlp(norm2(x))`, optional layer scale."""
+"""Pre-norm transformer block: `x + attn(norm1(x))`, `x + mlp(norm2(x))`, optional layer scale; the first residual
+add and norm2 run as one op (`videomae.ops.add_layer_norm`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from videomae.layers import recompute
 from videomae.layers.attention import Attention
 from videomae.layers.drop import DropPath
+from videomae.layers.norm import LayerNorm
 
 
 class Mlp(nn.Module):
@@ -35,10 +38,10 @@ class Block(nn.Module):
         norm_eps: float = 1e-6,
     ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm1 = LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm2 = LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         if init_values and init_values > 0:
             self.gamma_1 = nn.Parameter(init_values * torch.ones(dim))
@@ -49,8 +52,8 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, N, D] -> [B, N, D]"""
         a = self.attn(self.norm1(x))
-        x = x + self.drop_path(a if self.gamma_1 is None else self.gamma_1 * a)
-        m = self.mlp(self.norm2(x))
+        x, h = self.norm2(x, self.drop_path(a if self.gamma_1 is None else self.gamma_1 * a))
+        m = self.mlp(h)
         return x + self.drop_path(m if self.gamma_2 is None else self.gamma_2 * m)
 
 
@@ -61,10 +64,9 @@ def stochastic_depth(rate: float, depth: int) -> list[float]:
 
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
-    """The blocks in order; with `grad_checkpointing` each block's activations are recomputed in backward."""
+    """The blocks in order; with `grad_checkpointing` each block's activations are recomputed in backward,
+    otherwise what `videomae.layers.recompute` says (by default, in eager CUDA training, the cheap ones)."""
+    mode = recompute.resolve(x, grad_checkpointing)
     for blk in blocks:
-        if grad_checkpointing and x.requires_grad:
-            x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
-        else:
-            x = blk(x)
+        x = recompute.run_block(blk, x, mode)
     return x

@@ -41,6 +41,7 @@ from videomae.dispatch import (
     use_backend,
 )
 
+from .add_layer_norm import add_layer_norm, add_layer_norm_ref
 from .cube_embed import cube_embed, cube_embed_ref
 from .decoder_input import decoder_input, decoder_input_ref
 from .norm_pix_mse import norm_pix_mse, norm_pix_mse_ref, pixel_loss, pixel_targets
@@ -48,6 +49,8 @@ from .norm_pix_mse import norm_pix_mse, norm_pix_mse_ref, pixel_loss, pixel_targ
 __all__ = [
     "Backend",
     "NotSupportedError",
+    "add_layer_norm",
+    "add_layer_norm_ref",
     "backend_report",
     "cube_embed",
     "cube_embed_ref",

@@ -14,7 +14,7 @@ import torch
 from videomae import _ext
 from videomae.dispatch import Backend, capability, mark_broken, register_backend
 
-from .library import SCHEMAS, qualname, register_fakes_and_autograd
+from .library import OPS, SCHEMAS, qualname, register_fakes_and_autograd
 
 MAX_CHANNELS = 4  # per-channel constants live in registers (csrc/videomae_kernels.h: ChannelAffine)
 MAX_CUBE = 40960  # norm_pix_mse stages a cube in shared memory as fp32 (160 KiB)
@@ -70,6 +70,7 @@ class CudaBackend(Backend):
     """CUDA C++ kernels (csrc/): fp32/bf16/fp16 on sm_80+ for the archs the extension was built for."""
 
     name = "cuda"
+    ops = OPS  # the ops csrc/ implements (not library.PYTHON_OPS)
     devices = ("cuda",)
     min_compute_capability = (8, 0)
 

@@ -41,6 +41,19 @@ SCHEMAS = {
 }
 
 
+# Ops whose kernels are all in Python (torch, Triton): no CUDA C++ kernel, so not in SCHEMAS (the table the
+# extension implements); each op module supplies its kernels as `IMPLS[backend][op]`.
+PYTHON_OPS = ("add_layer_norm",)
+PYTHON_SCHEMAS = {
+    # -> (x + residual in their promoted dtype, or empty without a residual; y [out_dtype]; mean [M]; rstd [M])
+    "add_layer_norm": "(Tensor x, Tensor? residual, Tensor weight, Tensor bias, float eps, ScalarType out_dtype)"
+    " -> (Tensor, Tensor, Tensor, Tensor)",
+    # -> (d LayerNorm input [saved's dtype], d weight fp32 [D], d bias fp32 [D])
+    "add_layer_norm_backward": "(Tensor grad_y, Tensor? grad_sum, Tensor saved, Tensor mean, Tensor rstd,"
+    " Tensor weight, Tensor bias) -> (Tensor, Tensor, Tensor)",
+}
+
+
 def qualname(op: str, backend: str) -> str:
     """`cube_embed`, `triton` -> `videomae::cube_embed_triton`; `cube_embed_backward` -> `..._triton_backward`."""
     if op.endswith("_backward"):
@@ -63,7 +76,10 @@ def define_ops(backend: str, impls: dict[str, Callable], define: Callable = torc
     """
     for op, schema in SCHEMAS.items():
         define(qualname(op, backend), impls[op], mutates_args=(), schema=schema)
-    register_fakes_and_autograd(backend)
+    for op, schema in PYTHON_SCHEMAS.items():
+        impl = _module(op.removesuffix("_backward")).IMPLS[backend][op]
+        define(qualname(op, backend), impl, mutates_args=(), schema=schema)
+    register_fakes_and_autograd(backend, OPS + PYTHON_OPS)
 
 
 def _module(op: str):
@@ -71,9 +87,9 @@ def _module(op: str):
     return importlib.import_module(f"videomae.ops.{op}")
 
 
-def register_fakes_and_autograd(backend: str) -> None:
-    """Register each op's fake kernels and autograd formula on `backend`'s six (already defined) ops."""
-    for op in OPS:
+def register_fakes_and_autograd(backend: str, ops: tuple[str, ...] = OPS) -> None:
+    """Register each op's fake kernels and autograd formula on `backend`'s (already defined) ops."""
+    for op in ops:
         glue = _module(op)
         torch.library.register_fake(qualname(op, backend), glue.fake(backend))
         torch.library.register_fake(qualname(op + "_backward", backend), glue.backward_fake)

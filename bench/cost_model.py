@@ -1,0 +1,624 @@
+"""Cost model of the CLI's training step on an H200: every kernel's FLOPs and bytes, its predicted time at the
+measured peaks with a stated efficiency per kernel class, per component and per class, and clips/s.
+
+Input: the partitioned training graph (forward and backward FX graphs, aten ops after inductor's decompositions,
+each node's component in `node.meta["custom"]["component"]`). `bench/memory.py: training_graph` captures the
+CLI objective's graph on a fake H200 (`bench/fake_step.py`); any other capture of the same kind can be passed
+to `kernels()`.
+
+Kernels, as inductor would launch them:
+- `matmul`: mm/addmm/bmm -> one cuBLAS GEMM each: 2*M*N*K FLOPs, operands read once, result written once;
+- `attention`: each SDPA forward / backward kernel: 4*B*H*N*Nk*d FLOPs forward, 2.5x that backward (five
+  products: S, dV, dP, dQ, dK);
+- `fused-op`: our ops (videomae::*): the bytes each must move (see `FUSED_OP_BYTES`), and cube_embed's GEMMs;
+- `pointwise` / `reduction`: everything else is fused the way inductor fuses: the non-matmul nodes between the
+  same matmuls and attention kernels (same "extern depth"), connected by data edges, form one kernel that reads
+  its inputs once and writes what leaves it; views are free; a reduction over leading dims (a bias gradient)
+  is a kernel of its own. `cast`: a fused kernel that only converts dtypes (the weights' bf16 copies).
+- `optimizer`: fused AdamW (28 bytes per fp32 parameter) and the grad norm (4), from the parameter count.
+
+Time of a kernel = max(FLOPs / (PEAK_MATMUL * e_c), bytes / (COPY_BW * e_b)) + LAUNCH_S, with the efficiencies
+of `EFFICIENCY` (priors from published H100/H200 figures, stated with their source in the table; `correct()`
+replaces them by the ones the GPU measures: `measure_cuda()` in bench/gpu.sh).
+
+    python bench/cost_model.py            # ViT-B, B=32, 16x224x224, tube 0.9 -> bench/results/cost_model.{json,md}
+    python bench/cost_model.py --measure  # on a GPU: measured time per kernel class next to the prediction
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import operator
+import sys
+from collections import defaultdict
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PEAK_MATMUL = 790e12  # bf16 dense matmul, measured on the H200 machines (GUIDE.md section 3)
+COPY_BW = 4.3e12  # device-to-device copy, measured there (bytes/s)
+LAUNCH_S = 1.5e-6  # per kernel: launch gap and ramp-up/tail of a kernel in a queued stream
+RESULTS = ROOT / "bench" / "results"
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Fractions of the measured peaks each kernel class reaches (compute e_c of PEAK_MATMUL, memory e_b of COPY_BW).
+
+    matmul: by the GEMM's smallest dimension (short K loops and thin outputs spend more time in prologue and
+    epilogue): >= 1024: 0.85, >= 512: 0.75, >= 256: 0.62, else 0.45 of the rate measured on 8192^3 (cuBLAS's
+    own square-GEMM efficiency; H100 cuBLAS sweeps show 60-85% of that at K = 256-768).
+    attention (per SDPA kernel, of PEAK_MATMUL, H100 numbers at head dim 64, non-causal, 1-4k tokens; the H200
+    has the same SMs and clocks): cuDNN forward 400 / backward 300 TFLOP/s, FlashAttention-2 (aten's flash)
+    300 / 220, memory-efficient (cutlass) 220 / 160, FlashAttention-3 (flash-attn package, sm90) 430 / 330
+    (FlashAttention-3 paper, figures for head dim 64; PyTorch 2.5 cuDNN SDPA notes).
+    pointwise 0.80 and reduction 0.70 of COPY_BW (inductor's Triton kernels at >= 16 MB), fused ops 0.70
+    (bench/ops targets: >= 60%), optimizer 0.80 (fused AdamW, one pass over 4 fp32 states).
+    """
+
+    matmul: tuple[tuple[int, float], ...] = ((1024, 0.85), (512, 0.75), (256, 0.62), (0, 0.45))
+    attention_fwd: tuple[tuple[str, float], ...] = (("cudnn", 400 / 790), ("flash", 300 / 790),
+                                                    ("efficient", 220 / 790), ("flash-attn-3", 430 / 790),
+                                                    ("math", 0.10))
+    attention_bwd: tuple[tuple[str, float], ...] = (("cudnn", 300 / 790), ("flash", 220 / 790),
+                                                    ("efficient", 160 / 790), ("flash-attn-3", 330 / 790),
+                                                    ("math", 0.10))
+    pointwise: float = 0.80
+    reduction: float = 0.70
+    cast: float = 0.80
+    fused_op: float = 0.70
+    optimizer: float = 0.80
+    memory_of_compute_bound: float = 0.80  # e_b of matmul / attention kernels (their bytes rarely bind)
+
+    def with_measured_attention(self, path: str | Path) -> Efficiency:
+        """These efficiencies with the attention rates measured by bench/attention_timing.py (decoder shape)."""
+        names = {"sdpa-cudnn": "cudnn", "sdpa-flash": "flash", "sdpa-efficient": "efficient",
+                 "flash-attn": "flash-attn-3"}
+        kernels = json.loads(Path(path).read_text())["shapes"]["decoder"]["kernels"]
+        fwd, bwd = dict(self.attention_fwd), dict(self.attention_bwd)
+        for name, row in kernels.items():
+            if name in names and "fwd_tflops" in row:
+                fwd[names[name]] = row["fwd_tflops"] * 1e12 / PEAK_MATMUL
+                bwd[names[name]] = row["bwd_tflops"] * 1e12 / PEAK_MATMUL
+        return replace(self, attention_fwd=tuple(fwd.items()), attention_bwd=tuple(bwd.items()))
+
+    def gemm(self, m: int, n: int, k: int) -> float:
+        small = min(m, n, k)
+        return next(e for lim, e in self.matmul if small >= lim)
+
+    def attention(self, kernel: str, phase: str) -> float:
+        return dict(self.attention_fwd if phase == "forward" else self.attention_bwd)[kernel]
+
+
+@dataclass
+class Kernel:
+    name: str  # the op(s) it runs
+    cls: str  # matmul | attention | fused-op | pointwise | reduction | cast | optimizer
+    component: str
+    phase: str  # forward | backward | optimizer
+    flops: float
+    bytes: float
+    shape: str = ""
+    attention_kernel: str = ""
+    time_s: float = 0.0
+
+
+# --------------------------------------------------------------------------------------------- graph -> kernels
+
+_aten = torch.ops.aten
+_VIEWS = {_aten.view.default, _aten._unsafe_view.default, _aten.reshape.default, _aten.permute.default,
+          _aten.transpose.int, _aten.t.default, _aten.expand.default, _aten.squeeze.dim, _aten.squeeze.dims,
+          _aten.unsqueeze.default, _aten.slice.Tensor, _aten.select.int, _aten.alias.default, _aten.as_strided.default,
+          _aten.unbind.int, _aten.split.Tensor, _aten.split_with_sizes.default, _aten.detach.default,
+          _aten._reshape_alias.default, operator.getitem}
+_MATMULS = {_aten.mm.default, _aten.addmm.default, _aten.bmm.default, _aten.baddbmm.default}
+_SDPA = {"_scaled_dot_product_cudnn_attention": "cudnn", "_scaled_dot_product_flash_attention": "flash",
+         "_scaled_dot_product_efficient_attention": "efficient", "_scaled_dot_product_attention_math": "math"}
+_REDUCTIONS = {_aten.sum.dim_IntList, _aten.sum.default, _aten.mean.dim, _aten.var_mean.correction,
+               _aten.var.correction, _aten.amax.default, _aten.max.dim, _aten._softmax.default}
+
+
+def _val(node):
+    return node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+
+
+def _nbytes(val) -> int:
+    if isinstance(val, torch.Tensor):
+        return val.numel() * val.element_size()
+    if isinstance(val, (tuple, list)):
+        return sum(_nbytes(v) for v in val)
+    return 0
+
+
+def _component(node) -> str:
+    return (node.meta.get("custom") or {}).get("component", "unattributed")
+
+
+def _sdpa_kind(node) -> tuple[str, str] | None:
+    """(kernel, phase) of an SDPA node, else None."""
+    name = getattr(node.target, "__name__", str(node.target))
+    for key, kernel in _SDPA.items():
+        if key in name:
+            return kernel, "backward" if "backward" in name else "forward"
+    return None
+
+
+def _is_extern(node) -> bool:
+    if node.op != "call_function":
+        return False
+    return node.target in _MATMULS or _sdpa_kind(node) is not None or _custom(node) is not None
+
+
+def _custom(node) -> str | None:
+    """The videomae op name (cube_embed, ..., with _backward) of a node calling one, else None."""
+    target = node.target
+    ns = getattr(target, "namespace", None)
+    if ns != "videomae":
+        return None
+    name = target._opname if hasattr(target, "_opname") else str(target).split("::")[-1].split(".")[0]
+    for backend in ("_torch", "_triton", "_cuda"):
+        name = name.replace(backend, "")
+    return name
+
+
+def _is_view(node) -> bool:
+    return node.op == "call_function" and node.target in _VIEWS
+
+
+def _leading_reduction(node) -> bool:
+    """A sum over dims that exclude the last one (a bias or LayerNorm-weight gradient): its own kernel."""
+    if node.target is not _aten.sum.dim_IntList:
+        return False
+    src = _val(node.args[0])
+    dims = [d % src.dim() for d in node.args[1]] if isinstance(src, torch.Tensor) else []
+    return bool(dims) and (src.dim() - 1) not in dims
+
+
+def _matmul_kernel(node, phase: str) -> Kernel:
+    if node.target is _aten.addmm.default:
+        bias, a, b = (_val(x) for x in node.args[:3])
+    elif node.target is _aten.baddbmm.default:
+        bias, a, b = (_val(x) for x in node.args[:3])
+    else:
+        bias, (a, b) = None, (_val(x) for x in node.args[:2])
+    out = _val(node)
+    m, k = a.shape[-2], a.shape[-1]
+    n = b.shape[-1]
+    batch = a.numel() // (m * k)
+    flops = 2 * batch * m * n * k
+    return Kernel(str(node.target), "matmul", _component(node), phase, flops,
+                  _nbytes(a) + _nbytes(b) + _nbytes(bias) + _nbytes(out), shape=f"{batch}x{m}x{n}x{k}")
+
+
+def _sdpa_kernel(node, phase: str) -> Kernel:
+    kernel, which = _sdpa_kind(node)
+    q, k = _val(node.args[0]), _val(node.args[1])
+    b, h, n, d = q.shape
+    fwd = 4 * b * h * n * k.shape[-2] * d
+    reads = sum(_nbytes(_val(a)) for a in node.args if isinstance(a, torch.fx.Node))
+    return Kernel(str(node.target), "attention", _component(node), phase, fwd * (2.5 if which == "backward" else 1),
+                  reads + _nbytes(_val(node)), shape=f"B{b} H{h} N{n} d{d}", attention_kernel=kernel)
+
+
+def _fused_op_kernel(node, phase: str) -> Kernel:
+    """Bytes a fused op must move: each input read once (the clip only at the cubes it reads), outputs written;
+    cube_embed's FLOPs are its GEMMs (forward: the visible cubes times the weight; backward: the weight gradient)."""
+    name = _custom(node)
+    tensors = [_val(a) for a in node.args if isinstance(a, torch.fx.Node)]
+    tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
+    read, flops = sum(_nbytes(t) for t in tensors), 0.0
+    videos = next((t for t in tensors if t.dim() == 5 and t.dtype in (torch.float32, torch.bfloat16, torch.float16,
+                                                                       torch.uint8) and t.shape[1] <= 4), None)
+    if videos is not None:
+        ids = next(t for t in tensors if t.dtype == torch.int64 and t.dim() == 2)
+        if name.startswith("cube_embed"):
+            weight = next(t for t in tensors if t.dim() == 5 and t is not videos)
+            cube, width = weight[0].numel(), weight.shape[0]
+            flops = 2 * ids.numel() * cube * width
+        else:  # norm_pix_mse: pred [B, N_dec, cube]
+            cube = next(t for t in tensors if t.dim() == 3).shape[-1]
+        read += ids.numel() * cube * videos.element_size() - _nbytes(videos)  # only the cubes it reads
+    return Kernel(name, "fused-op", _component(node), phase, flops, read + _nbytes(_val(node)))
+
+
+def kernels(gm: torch.fx.GraphModule, phase: str) -> list[Kernel]:
+    """The kernels of one partitioned graph (`phase`: forward or backward), fused as inductor fuses."""
+    nodes = [n for n in gm.graph.nodes if n.op == "call_function"]
+    out = []
+    for n in nodes:
+        if n.target in _MATMULS:
+            out.append(_matmul_kernel(n, phase))
+        elif _sdpa_kind(n) is not None:
+            out.append(_sdpa_kernel(n, phase))
+        elif _custom(n) is not None:
+            out.append(_fused_op_kernel(n, phase))
+    return out + [_group_kernel(g, set(g), phase) for g in fuse(gm)]
+
+
+def _producer(a):
+    """Through views, the node whose buffer `a` reads (None for a graph input or a constant)."""
+    while isinstance(a, torch.fx.Node) and _is_view(a):
+        a = a.args[0] if isinstance(a.args[0], torch.fx.Node) else None
+    return a if isinstance(a, torch.fx.Node) and a.op == "call_function" else None
+
+
+def fuse(gm: torch.fx.GraphModule) -> list[list[torch.fx.Node]]:
+    """Inductor-style fusion of the non-matmul nodes: a node joins its producer's kernel (vertical) and nodes
+    that read the same buffer over the same index space join each other (horizontal), unless the merged kernel
+    would both feed and wait for the same matmul/attention/op kernel (a cycle). Views are free; a reduction
+    over leading dims (bias, LayerNorm-weight gradients) stays a kernel of its own, as a split reduction."""
+    nodes = list(gm.graph.nodes)
+    externs = [n for n in nodes if _is_extern(n)]
+    bit = {e: 1 << i for i, e in enumerate(externs)}
+    anc: dict[torch.fx.Node, int] = {}
+    for n in nodes:
+        anc[n] = 0
+        for a in n.all_input_nodes:
+            anc[n] |= anc[a] | bit.get(a, 0)
+    desc: dict[torch.fx.Node, int] = {}
+    for n in reversed(nodes):
+        desc[n] = 0
+        for u in n.users:
+            desc[n] |= desc[u] | bit.get(u, 0)
+    fusible = [n for n in nodes if n.op == "call_function" and not _is_extern(n) and not _is_view(n)]
+    parent = {n: n for n in fusible}
+    g_anc = {n: anc[n] for n in fusible}
+    g_desc = {n: desc[n] for n in fusible}
+
+    def find(x):
+        while parent[x] is not x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def merge(x, y) -> None:
+        rx, ry = find(x), find(y)
+        if rx is ry or (g_anc[rx] & g_desc[ry]) or (g_anc[ry] & g_desc[rx]):
+            return
+        parent[rx] = ry
+        g_anc[ry] |= g_anc[rx]
+        g_desc[ry] |= g_desc[rx]
+
+    alone = {n for n in fusible if _leading_reduction(n)}
+    for n in fusible:  # vertical
+        if n in alone:
+            continue
+        for a in n.all_input_nodes:
+            p = _producer(a)
+            if p in parent and p not in alone:
+                merge(p, n)
+    for m in nodes:  # horizontal: readers of one buffer over the same number of elements
+        readers = [u for u in _users_through_views(m) if u in parent and u not in alone]
+        for u in readers[1:]:
+            if _numel(u) == _numel(readers[0]):
+                merge(readers[0], u)
+    groups: dict[torch.fx.Node, list[torch.fx.Node]] = defaultdict(list)
+    for n in fusible:
+        groups[find(n)].append(n)
+    return list(groups.values())
+
+
+def _numel(node) -> int:
+    v = _val(node)
+    return v.numel() if isinstance(v, torch.Tensor) else -1
+
+
+def _group_kernel(members, inside, phase) -> Kernel:
+    reads: dict[torch.fx.Node, int] = {}  # per buffer read (views of one buffer are one read), the most of it read
+    for n in members:
+        for a in n.all_input_nodes:
+            src = _producer(a) or _root(a)
+            if src in inside:
+                continue
+            reads[src] = max(reads.get(src, 0), _nbytes(_val(a)))
+    writes = 0
+    for n in members:  # written: the values used outside the kernel
+        if any(u not in inside for u in _users_through_views(n)):
+            writes += _nbytes(_val(n))
+    ops = {str(getattr(n.target, "__name__", n.target)) for n in members}
+    if all(n.target is torch.ops.prims.convert_element_type.default for n in members):
+        cls = "cast"
+    elif any(n.target in _REDUCTIONS for n in members):
+        cls = "reduction"
+    else:
+        cls = "pointwise"
+    flops = sum(_nbytes(_val(n)) / max(1, _val(n).element_size()) for n in members
+                if isinstance(_val(n), torch.Tensor))
+    comp = _component(members[0])
+    return Kernel("+".join(sorted(ops))[:120], cls, comp, phase, flops, sum(reads.values()) + writes)
+
+
+def _root(a):
+    """The graph input or constant a chain of views starts from."""
+    while isinstance(a, torch.fx.Node) and _is_view(a) and isinstance(a.args[0], torch.fx.Node):
+        a = a.args[0]
+    return a
+
+
+def _users_through_views(n) -> list:
+    out = []
+    for u in n.users:
+        if _is_view(u):
+            out += _users_through_views(u)
+        else:
+            out.append(u)
+    return out
+
+
+def optimizer_kernels(num_params: int) -> list[Kernel]:
+    """Fused AdamW over fp32 parameters (read param, grad, two moments; write param and moments: 28 B) and the
+    total grad norm (4 B: one read of the gradients)."""
+    return [Kernel("fused AdamW", "optimizer", "optimizer", "optimizer", 12 * num_params, 28 * num_params),
+            Kernel("grad norm", "optimizer", "optimizer", "optimizer", 2 * num_params, 4 * num_params)]
+
+
+# --------------------------------------------------------------------------------------------- time
+
+
+def predict(ks: list[Kernel], eff: Efficiency = Efficiency(), attention: str | None = None,
+            launch_s: float = LAUNCH_S) -> list[Kernel]:
+    """Each kernel with its predicted time; `attention` replaces the SDPA kernel (the candidates' costs)."""
+    out = []
+    for k in ks:
+        e_b, e_c = eff.pointwise, None
+        if k.cls == "matmul":
+            m, n, kk = (int(x) for x in k.shape.split("x")[1:])
+            e_c, e_b = eff.gemm(m, n, kk), eff.memory_of_compute_bound
+        elif k.cls == "attention":
+            kernel = attention or k.attention_kernel
+            e_c, e_b = eff.attention(kernel, k.phase), eff.memory_of_compute_bound
+            k = replace(k, attention_kernel=kernel)
+        elif k.cls == "fused-op":  # cube_embed's GEMMs: [B*N_vis, 1536] x [1536, D], smallest dimension D >= 384
+            e_b, e_c = eff.fused_op, (eff.gemm(4096, 768, 1536) if k.flops else None)
+        elif k.cls in ("reduction", "cast", "optimizer"):
+            e_b = getattr(eff, k.cls)
+        t_mem = k.bytes / (COPY_BW * e_b)
+        t_cmp = k.flops / (PEAK_MATMUL * e_c) if e_c else 0.0
+        out.append(replace(k, time_s=max(t_mem, t_cmp) + launch_s))
+    return out
+
+
+def summarize(ks: list[Kernel], batch: int) -> dict:
+    """Totals per component group and per class, and clips/s."""
+    total = sum(k.time_s for k in ks)
+    by_comp: dict[str, float] = defaultdict(float)
+    by_class: dict[str, float] = defaultdict(float)
+    for k in ks:
+        by_comp[_group(k.component)] += k.time_s
+        part = "encoder" if k.component.startswith(("enc", "embed")) else "decoder" if k.component.startswith(
+            ("dec", "bridge", "head", "loss")) else "step"
+        by_class[f"{k.cls} ({part})" if k.cls in ("matmul", "attention") else k.cls] += k.time_s
+    return dict(step_ms=total * 1e3, clips_per_s=batch / total, kernels=len(ks),
+                by_component_ms={k: v * 1e3 for k, v in sorted(by_comp.items(), key=lambda kv: -kv[1])},
+                by_class_ms={k: v * 1e3 for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])},
+                bytes_gb=sum(k.bytes for k in ks) / 1e9, tflop=sum(k.flops for k in ks if k.cls in (
+                    "matmul", "attention", "fused-op")) / 1e12)
+
+
+def _group(label: str) -> str:
+    head, _, tail = label.partition(".")
+    return head.rstrip("0123456789") + ("." + tail if tail else "")
+
+
+def correct(eff: Efficiency, predicted_ms: dict[str, float], measured_ms: dict[str, float]) -> dict[str, float]:
+    """Per class, the factor measured / predicted: multiply that class's time by it (equivalently divide its
+    efficiency), the correction `bench/gpu.sh` records next to the prediction."""
+    return {k: measured_ms[k] / predicted_ms[k] for k in measured_ms if predicted_ms.get(k)}
+
+
+# --------------------------------------------------------------------------------------------- the step
+
+
+def step_kernels(size: str = "B", batch: int = 32, settings: dict | None = None) -> tuple[list[Kernel], dict]:
+    """The CLI step's kernels at (size, batch): the captured training graph (bench/memory.py) plus the optimizer.
+    `settings`: partitioner settings (None: the CLI's, `videomae.layers.recompute.COMPILE_SETTINGS`)."""
+    from bench import memory
+
+    graph = memory.training_graph(size, batch, settings=settings)
+    params = sum(p.numel() for p in memory.ours_model(size).parameters())
+    ks = kernels(graph.forward, "forward") + kernels(graph.backward, "backward") + optimizer_kernels(params)
+    from bench import fake_step
+    from videomae import dispatch
+
+    fused = (fake_step.gpu_backends(dispatch.registered()) or ["torch"])[0]
+    return ks, {"sdpa": graph.sdpa, "params": params, "fused_ops_backend": fused}
+
+
+def attention_candidates(ks: list[Kernel], batch: int, eff: Efficiency = Efficiency()) -> dict[str, dict]:
+    """Attention time (fwd + bwd, all layers) and step clips/s with each SDPA kernel in place of the traced one."""
+    out = {}
+    for kernel, _ in eff.attention_fwd:
+        if kernel == "math":
+            continue
+        timed = predict(ks, eff, attention=kernel)
+        att = [k for k in timed if k.cls == "attention"]
+        out[kernel] = dict(
+            decoder_fwd_ms=1e3 * sum(k.time_s for k in att if k.phase == "forward" and k.component.startswith("dec")),
+            decoder_bwd_ms=1e3 * sum(k.time_s for k in att if k.phase == "backward" and k.component.startswith("dec")),
+            attention_ms=sum(k.time_s for k in att) * 1e3, step_ms=sum(k.time_s for k in timed) * 1e3,
+            clips_per_s=batch / sum(k.time_s for k in timed),
+            tflops_fwd=dict(eff.attention_fwd)[kernel] * PEAK_MATMUL / 1e12,
+            tflops_bwd=dict(eff.attention_bwd)[kernel] * PEAK_MATMUL / 1e12)
+    return out
+
+
+def run(size: str = "B", batch: int = 32, attention_json: str | None = None) -> dict:
+    from bench.common import provenance
+
+    eff = Efficiency() if attention_json is None else Efficiency().with_measured_attention(attention_json)
+    variants = {}
+    ks_default, meta = step_kernels(size, batch, settings={})
+    variants["CLI compile today (torch's partitioner defaults)"] = summarize(predict(ks_default, eff), batch)
+    ks, meta = step_kernels(size, batch)
+    timed = predict(ks, eff)
+    variants["+ recompute settings (videomae.layers.recompute.COMPILE_SETTINGS)"] = summarize(timed, batch)
+    candidates = attention_candidates(ks, batch, eff)
+    best = max(candidates, key=lambda k: candidates[k]["clips_per_s"])
+    # What the target would take: each lever alone, then together (none of them is claimed).
+    fast_gemm = replace(eff, matmul=((0, 0.85),))
+    fast_glue = replace(eff, pointwise=0.95, reduction=0.95, cast=0.95)
+    levers = {
+        "CUDA graphs (launch gap 0.5 us instead of 1.5)": predict(ks, eff, launch_s=0.5e-6),
+        "every GEMM at 0.85 of the measured peak": predict(ks, fast_gemm),
+        "attention at FlashAttention-3 rates (430 / 330 TFLOP/s)": predict(ks, eff, attention="flash-attn-3"),
+        "glue kernels at 0.95 of the copy bandwidth": predict(ks, fast_glue),
+        "all four": predict(ks, replace(fast_gemm, pointwise=0.95, reduction=0.95, cast=0.95),
+                            attention="flash-attn-3", launch_s=0.5e-6),
+    }
+    sensitivity = {name: dict(step_ms=sum(k.time_s for k in t) * 1e3, clips_per_s=batch / sum(k.time_s for k in t))
+                   for name, t in levers.items()}
+    biggest = sorted(timed, key=lambda k: -k.time_s)[:30]
+    return dict(
+        model=size, batch=batch, clip="16x224x224, tube 0.9, bf16 autocast", sdpa_traced=meta["sdpa"],
+        fused_ops_backend=meta["fused_ops_backend"],
+        peaks=dict(matmul_tflops=PEAK_MATMUL / 1e12, copy_tbps=COPY_BW / 1e12, launch_us=LAUNCH_S * 1e6),
+        efficiency=asdict(eff), variants=variants, attention_candidates=candidates, best_attention=best,
+        sensitivity=sensitivity,
+        headline=variants["+ recompute settings (videomae.layers.recompute.COMPILE_SETTINGS)"],
+        largest_kernels=[asdict(k) for k in biggest], kernels=[asdict(k) for k in timed],
+        **{**provenance("torch", "cpu"), "device": "predicted for an H200 from a graph traced on a fake one"})
+
+
+def markdown(r: dict) -> str:
+    h = r["headline"]
+    lines = [
+        "# Cost model of the CLI step on an H200 (predicted)", "",
+        f"ViT-{r['model']}, B={r['batch']}, {r['clip']}; graph traced on a fake H200 (bench/fake_step.py), "
+        f"SDPA kernel traced: {', '.join(r['sdpa_traced'])}, fused ops: `{r['fused_ops_backend']}` backend; "
+        f"peaks: {r['peaks']['matmul_tflops']:.0f} TFLOP/s bf16 matmul, {r['peaks']['copy_tbps']} TB/s copy "
+        f"(measured, GUIDE.md section 3), {r['peaks']['launch_us']} us per "
+        f"kernel; torch {r['torch']}, git {r['git_sha']}, {r['date_utc']}.", "",
+        f"**Predicted: {h['step_ms']:.1f} ms per step, {h['clips_per_s']:.0f} clips/s** ({h['kernels']} kernels, "
+        f"{h['bytes_gb']:.1f} GB moved, {h['tflop']:.2f} TFLOP). Target 1,900 clips/s = "
+        f"{r['batch'] / 1900 * 1e3:.1f} ms.", "",
+        "## Per component (ms)", "", "| component | ms | share |", "|---|---:|---:|",
+    ]
+    for k, v in h["by_component_ms"].items():
+        lines.append(f"| {k} | {v:.2f} | {v / h['step_ms']:.0%} |")
+    lines += ["", "## Per kernel class (ms)", "", "| class | ms | share |", "|---|---:|---:|"]
+    for k, v in h["by_class_ms"].items():
+        lines.append(f"| {k} | {v:.2f} | {v / h['step_ms']:.0%} |")
+    lines += ["", "## What each change buys", "",
+              "| variant | step ms | clips/s | glue ms (pointwise+reduction+cast) |",
+              "|---|---:|---:|---:|"]
+    for name, v in r["variants"].items():
+        glue = sum(v["by_class_ms"].get(c, 0) for c in ("pointwise", "reduction", "cast"))
+        lines.append(f"| {name} | {v['step_ms']:.2f} | {v['clips_per_s']:.0f} | {glue:.2f} |")
+    lines += ["", "## Attention kernels (decoder: N=1568, d=64, 6 heads; all layers, fwd+bwd)", "",
+              "| kernel | TFLOP/s fwd / bwd (assumed) | decoder fwd ms | decoder bwd ms | all attention ms "
+              "| step clips/s |",
+              "|---|---|---:|---:|---:|---:|"]
+    for name, c in r["attention_candidates"].items():
+        lines.append(f"| {name} | {c['tflops_fwd']:.0f} / {c['tflops_bwd']:.0f} | {c['decoder_fwd_ms']:.2f} | "
+                     f"{c['decoder_bwd_ms']:.2f} | {c['attention_ms']:.2f} | {c['clips_per_s']:.0f} |")
+    lines += ["", "## What 1,900 clips/s would take (levers, not claims)", "", "| lever | step ms | clips/s |",
+              "|---|---:|---:|"]
+    for name, v in r["sensitivity"].items():
+        lines.append(f"| {name} | {v['step_ms']:.2f} | {v['clips_per_s']:.0f} |")
+    lines += ["", "## Largest kernels", "", "| ms | class | phase | component | GB | GFLOP | shape |",
+              "|---:|---|---|---|---:|---:|---|"]
+    for k in r["largest_kernels"][:20]:
+        lines.append(f"| {k['time_s'] * 1e3:.3f} | {k['cls']} | {k['phase']} | {k['component']} | "
+                     f"{k['bytes'] / 1e9:.3f} | {k['flops'] / 1e9:.1f} | {k['shape']} {k['attention_kernel']} |")
+    lines += ["", "Efficiencies (fractions of the measured peaks; `Efficiency` in bench/cost_model.py says where each "
+              "comes from):", "", "```", json.dumps(r["efficiency"], indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- on a GPU
+
+
+CLASS_PATTERNS = (  # kernel-name patterns of the profiler's CUDA events -> our classes
+    ("attention", ("cudnn", "flash", "fmha", "attention", "sdpa")),
+    ("matmul", ("gemm", "nvjet", "sm90_xmma", "cutlass", "ampere", "hopper")),
+    ("optimizer", ("adam", "foreach", "multi_tensor", "norm_kernel")),
+    ("fused-op", ("cube_embed", "decoder_input", "norm_pix_mse", "add_layer_norm", "token_sum")),
+    ("reduction", ("per_fused", "red_fused", "reduce")),
+    ("pointwise", ("poi_fused", "elementwise", "copy", "cat")),
+)
+
+
+def classify_kernel(name: str) -> str:
+    low = name.lower()
+    for cls, pats in CLASS_PATTERNS:
+        if any(p in low for p in pats):
+            return cls
+    return "other"
+
+
+def measure_cuda(size: str = "B", batch: int = 32, steps: int = 10, out: str | None = None) -> dict:
+    """On a GPU: the CLI step (engine.Trainer, StepConfig defaults: compile, bf16, fused ops, auto attention) under
+    torch.profiler; the CUDA time per kernel class next to this model's prediction, and the correction factor per
+    class (measured / predicted) that `correct()` defines. Written to `out` (default bench/results/cost_model-
+    cuda.json). Called by bench/gpu.sh: `python bench/cost_model.py --measure --out $OUT`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench import train_step
+    from bench.common import provenance
+
+    device = torch.device("cuda")
+    spec = dict(model=size, frames=16, size=224, ratio=0.9, batch=batch, peer="fast", compile=None,
+                cuda_graphs=False, compile_backend="inductor")
+    inputs = train_step.make_inputs(spec, device, hf=False)
+    step, losses, backend, extra, _ = train_step.build_ours(spec, device, inputs)
+    for i in range(5):  # compile and warm up outside the profile
+        step(*inputs[i % len(inputs)])
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for i in range(steps):
+            step(*inputs[i % len(inputs)])
+        end.record()
+        torch.cuda.synchronize()
+    measured: dict[str, float] = defaultdict(float)
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if t:
+            measured[classify_kernel(e.key)] += t / 1e3 / steps  # us -> ms per step
+    ks, _ = step_kernels(size, batch)
+    pred = summarize(predict(ks), batch)
+    pred_class: dict[str, float] = defaultdict(float)
+    for k, v in pred["by_class_ms"].items():
+        pred_class[k.split(" (")[0]] += v
+    result = dict(step_ms_measured=start.elapsed_time(end) / steps, step_ms_predicted=pred["step_ms"],
+                  clips_per_s_measured=batch * steps / (start.elapsed_time(end) / 1e3),
+                  clips_per_s_predicted=pred["clips_per_s"], by_class_ms_measured=dict(measured),
+                  by_class_ms_predicted=dict(pred_class), correction=correct(Efficiency(), pred_class, measured),
+                  backend=backend, attention=extra["attention"], **provenance(backend, "cuda"))
+    path = Path(out or RESULTS) / "cost_model-cuda.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="B", choices=["S", "B", "L"])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--measure", action="store_true", help="on a GPU: measure per class next to the prediction")
+    ap.add_argument("--attention-json", help="attention rates measured by bench/attention_timing.py instead of priors")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    if args.measure:
+        r = measure_cuda(args.model, args.batch, out=args.out)
+        print(json.dumps({k: v for k, v in r.items() if not isinstance(v, dict)}, indent=1))
+        return 0
+    r = run(args.model, args.batch, args.attention_json)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cost_model.json").write_text(json.dumps(r, indent=1) + "\n")
+    (out / "cost_model.md").write_text(markdown(r))
+    h = r["headline"]
+    print(f"predicted {h['step_ms']:.1f} ms/step, {h['clips_per_s']:.0f} clips/s -> {out / 'cost_model.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,109 @@
+"""bench/cost_model.py counts FLOPs and bytes per kernel and fuses the glue the way inductor does: checked on small
+graphs whose kernels are worked out by hand (no timings)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from bench import cost_model as C
+
+BF16, FP32 = 2, 4
+
+
+def trace(fn, *shapes, dtype=torch.float32):
+    return make_fx(fn, tracing_mode="fake")(*[torch.empty(s, dtype=dtype) for s in shapes])
+
+
+def by_class(ks):
+    out = {}
+    for k in ks:
+        out.setdefault(k.cls, []).append(k)
+    return out
+
+
+def test_matmul_flops_and_bytes():
+    m, k, n = 64, 32, 48
+    ks = C.kernels(trace(lambda a, b: a @ b, (m, k), (k, n), dtype=torch.bfloat16), "forward")
+    (mm,) = ks
+    assert mm.cls == "matmul" and mm.flops == 2 * m * n * k
+    assert mm.bytes == (m * k + k * n + m * n) * BF16
+
+
+def test_addmm_reads_the_bias():
+    ks = C.kernels(trace(lambda x, w, b: F.linear(x, w, b), (10, 8), (6, 8), (6,)), "forward")
+    (mm,) = [k for k in ks if k.cls == "matmul"]
+    assert mm.flops == 2 * 10 * 6 * 8 and mm.bytes == (10 * 8 + 6 * 8 + 6 + 10 * 6) * FP32
+
+
+def test_pointwise_chain_is_one_kernel():
+    # y = exp(2x + 1): one kernel reading x once and writing y once.
+    ks = C.kernels(trace(lambda x: (x * 2 + 1).exp(), (100, 30)), "forward")
+    assert [k.cls for k in ks] == ["pointwise"] and ks[0].bytes == 2 * 100 * 30 * FP32
+
+
+def test_no_fusion_across_a_matmul():
+    # a = sin(x); m = a @ w; out = m + cos(a): sin and cos fuse (both read x's kernel output), the add cannot join
+    # them (it waits for the matmul, which waits for sin): kernels {sin, cos} -> mm -> {add}.
+    def fn(x, w):
+        a = x.sin()
+        return a @ w + a.cos()
+
+    n, d = 16, 8
+    ks = by_class(C.kernels(trace(fn, (n, d), (d, d)), "forward"))
+    assert len(ks["matmul"]) == 1 and len(ks["pointwise"]) == 2
+    first, second = sorted(ks["pointwise"], key=lambda k: k.bytes)
+    # {sin, cos}: reads x, writes sin (for the matmul) and cos (for the add); {add}: reads m and cos, writes out.
+    assert first.bytes == 3 * n * d * FP32 and second.bytes == 3 * n * d * FP32
+
+
+def test_views_are_free_and_reduction_over_rows_fuses():
+    # LayerNorm-like: mean over the last dim, subtract, transpose (a view) -> one reduction kernel.
+    def fn(x):
+        return (x - x.mean(-1, keepdim=True)).transpose(0, 1) * 3
+
+    ks = C.kernels(trace(fn, (12, 20)), "forward")
+    assert [k.cls for k in ks] == ["reduction"] and ks[0].bytes == 2 * 12 * 20 * FP32
+
+
+def test_column_sum_is_its_own_kernel():
+    # A bias gradient: sum over rows of a pointwise product -> the product's kernel writes it, the sum reads it.
+    ks = C.kernels(trace(lambda g, x: (g * x).sum(0), (30, 10), (30, 10)), "forward")
+    kinds = sorted((k.cls, k.bytes) for k in ks)
+    assert kinds == [("pointwise", 3 * 30 * 10 * FP32), ("reduction", 30 * 10 * FP32 + 10 * FP32)]
+
+
+def test_attention_flops():
+    b, h, n, d = 2, 3, 16, 8
+
+    def fn(q, k, v):
+        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=0.3)[0]
+
+    ks = [k for k in C.kernels(trace(fn, *[(b, h, n, d)] * 3, dtype=torch.bfloat16), "forward")
+          if k.cls == "attention"]
+    assert len(ks) == 1 and ks[0].flops == 4 * b * h * n * n * d and ks[0].attention_kernel == "flash"
+
+
+def test_roofline_time():
+    eff = C.Efficiency()
+    mem = C.Kernel("copy", "pointwise", "x", "forward", 0, 4.3e9)
+    mm = C.Kernel("mm", "matmul", "x", "forward", 790e12, 0, shape="1x4096x4096x4096")
+    t_mem, t_mm = (k.time_s for k in C.predict([mem, mm], eff, launch_s=0.0))
+    assert t_mem == pytest.approx(1e-3 / eff.pointwise)
+    assert t_mm == pytest.approx(1.0 / eff.gemm(4096, 4096, 4096))
+
+
+def test_optimizer_bytes():
+    adam, norm = C.optimizer_kernels(1000)
+    assert adam.bytes == 28 * 1000 and norm.bytes == 4 * 1000
+
+
+def test_correction_factor():
+    assert C.correct(C.Efficiency(), {"matmul": 2.0, "attention": 1.0}, {"matmul": 3.0}) == {"matmul": 1.5}
+
+
+def test_classify_profiler_kernel_names():
+    assert C.classify_kernel("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
+    assert C.classify_kernel("cudnn_generated_fort_native_sdpa_sm90_flash_fprop") == "attention"
+    assert C.classify_kernel("triton_per_fused_native_layer_norm_0") == "reduction"
+    assert C.classify_kernel("triton_poi_fused_gelu_1") == "pointwise"
