@@ -95,21 +95,21 @@ class _RunTritonBodies(torch.utils._python_dispatch.TorchDispatchMode):
         self.marks = marks  # the case suffix of the launches being recorded
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch._library.custom_ops import OPDEFS
         from torch._library.triton import set_wrap_triton_enabled
-
-        from videomae.ops.triton_backend import IMPLS
 
         name = func.overloadpacket.__name__
         if not (func.namespace == "videomae" and "_triton" in name):
             return func(*args, **(kwargs or {}))
+        body = OPDEFS[func._schema.name]._init_fn  # the op's Python implementation, wherever it is defined
         op = name.replace("_triton", "")
         named = {a.name: v for a, v in zip(func._schema.arguments, args)} | (kwargs or {})
         with set_wrap_triton_enabled(False):
-            out = IMPLS[op](**named)
+            out = body(**named)
             if op in _EVERY_GRAD:
                 self.marks.append(EVERY_GRAD)
                 try:
-                    IMPLS[op](**(named | _EVERY_GRAD[op](named)))
+                    body(**(named | _EVERY_GRAD[op](named)))
                 finally:
                     self.marks.pop()
         return out
@@ -182,8 +182,8 @@ def _describe(launch: Launch) -> dict:
             "launch_options": {k: v for k, v in launch.kwargs.items() if k not in names}}
 
 
-def defined_kernels() -> dict[str, str]:
-    """{kernel name: module} of every `@triton.jit` kernel in kernels/*.py (by the files' convention, the functions
+def defined_kernels() -> set[tuple[str, str]]:
+    """(module, kernel name) of every `@triton.jit` kernel in kernels/*.py (by the files' convention, the functions
     named `*_kernel`; the other jit functions are helpers they call)."""
     import importlib
     import pkgutil
@@ -192,12 +192,12 @@ def defined_kernels() -> dict[str, str]:
 
     import videomae.kernels
 
-    found = {}
+    found = set()
     for info in pkgutil.iter_modules(videomae.kernels.__path__):
         module = importlib.import_module(f"videomae.kernels.{info.name}")
         for name, obj in vars(module).items():
             if isinstance(obj, JITFunction) and name.endswith("_kernel") and obj.fn.__module__ == module.__name__:
-                found[name] = module.__name__
+                found.add((module.__name__, name))
     return found
 
 
@@ -224,10 +224,10 @@ def our_rows(steps: list[trace.Step]) -> list[dict]:
         meta = compiled.metadata
         row.update(num_warps=meta.num_warps, num_stages=meta.num_stages, triton_shared_bytes=meta.shared)
         rows.append(dict(row, **ptxas_usage(compiled.asm["ptx"])))
-    launched = {r["kernel"] for r in rows}
+    launched = {(r["module"], r["kernel"]) for r in rows}
     rows += [{"source": "videomae.kernels", "kernel": name, "module": module, "cases": [],
               "status": "not launched by the headline step: add the case that launches it to bench/triton_sm90a.py"}
-             for name, module in defined_kernels().items() if name not in launched]
+             for module, name in sorted(defined_kernels() - launched)]
     return rows
 
 
@@ -330,7 +330,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         spill = (r.get("spill_store_bytes") or 0) + (r.get("spill_load_bytes") or 0)
         extra = ", ".join(f"{k}={v}" for k, v in r.get("constexprs", {}).items() if k.isupper())
-        lines.append(f"{r['kernel'][:43]:44}{r.get('num_warps') or '-':>6}{r.get('registers', '-'):>6}"
+        name = r["kernel"] if r["source"] == "inductor" else f"{r['module'].rsplit('.', 1)[-1]}.{r['kernel']}"
+        lines.append(f"{name[:43]:44}{r.get('num_warps') or '-':>6}{r.get('registers', '-'):>6}"
                      f"{r.get('triton_shared_bytes') or 0:>8}{spill:>7}  {r['status'][:60]}"
                      + (f"  {extra[:70]}" if extra and r["status"] == "ok" else ""))
     return "\n".join(lines)

@@ -29,9 +29,14 @@ def test_every_kernel_compiles_for_sm90a_at_the_headline_shapes_without_spilling
     assert all(r["registers"] <= 255 and r["spill_store_bytes"] == r["spill_load_bytes"] == 0 for r in rows)
     # Each kernel of kernels/*.py was compiled (the script fails any it never saw launched), at the headline
     # shapes: ViT-B's 16x16 patches, tubelet 2, uint8 and fp32 clips, bf16 weights, V1 and V2.
-    names = {r["kernel"] for r in rows}
-    assert {"_cube_embed_fwd_kernel", "_cube_gather_kernel", "_decoder_input_kernel", "_norm_pix_mse_kernel",
-            "_token_sum_kernel"} <= names
+    names = {(r["module"].rsplit(".", 1)[-1], r["kernel"]) for r in rows}
+    assert {("cube_embed", "_cube_embed_fwd_kernel"), ("cube_embed", "_cube_gather_kernel"),
+            ("decoder_input", "_decoder_input_kernel"), ("norm_pix_mse", "_norm_pix_mse_kernel"),
+            ("_common", "_token_sum_kernel"), ("add_layer_norm", "_fwd_kernel"), ("add_layer_norm", "_bwd_kernel")} \
+        <= names
+    # add_layer_norm at both widths of the step: the encoder's 768 and the decoder's 384 (ViT-B)
+    widths = {r["constexprs"]["BLOCK_D"] for r in rows if r["module"].endswith("add_layer_norm")}
+    assert widths == {1024, 512}
     embed = [r for r in rows if r["kernel"] == "_cube_embed_fwd_kernel"]
     assert {r["constexprs"]["IS_UINT8"] for r in embed} == {True, False}
     assert all(r["constexprs"]["K"] == 3 * 2 * 16 * 16 for r in embed)
