@@ -319,7 +319,8 @@ def summary(rows: list[dict]) -> dict:
     return {"kernels": len(rows), "ours": sum(r["source"] != "inductor" for r in rows),
             "inductor": sum(r["source"] == "inductor" for r in rows),
             "max_registers": worst["registers"] if worst else None,
-            "max_registers_kernel": worst["kernel"] if worst else None,
+            "max_registers_kernel": (worst["kernel"] if worst["source"] == "inductor" else
+                                     f"{worst['module']}.{worst['kernel']}") if worst else None,
             "max_triton_shared_bytes": max((r.get("triton_shared_bytes") or 0 for r in rows), default=0),
             "spills": sum(r.get("status") == "spill" for r in rows),
             "errors": sum(r.get("status") not in ("ok", "spill") for r in rows)}
