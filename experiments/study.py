@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from experiments import study_plots
 from experiments.study_runs import (
@@ -49,9 +48,11 @@ from experiments.study_runs import (
     dataset,
     eval_masks,
     finetune,
+    finetune_loss,
     grid_of,
     normalize,
     pretrain,
+    pretrain_loss,
     pretrain_model,
     real_windows,
     trainer,
@@ -60,7 +61,6 @@ from experiments.train_parity import git_sha
 from videomae.data.real import real_clip_dir
 from videomae.data.synth import SSM_CLASSES
 from videomae.masking import make_mask
-from videomae.train.engine import Position
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -247,27 +247,17 @@ def _time_steps(kind: str, steps: int = 4) -> float:
     small = dataclasses.replace(cfg, pretrain_steps=steps, finetune_steps=steps, probe_points=1)
     if kind == "pretrain":
         model = pretrain_model(small, 0).to(device)
-        tr = trainer(model, 1e-3, (0.9, 0.95), 2 * steps, None, device)
-
-        def loss_fn(b):
-            x, m = b[0].to(device), b[1].to(device)
-            return model.forward_loss(x, model(x, m), m), len(x)
-
+        tr = trainer(model, pretrain_loss, 1e-3, (0.9, 0.95), 2 * steps, None, device)
         batch = lambda: (data["train"][:cfg.pretrain_batch],  # noqa: E731
                          make_mask("tube", cfg.pretrain_batch, grid_of(cfg), 0.9))
     else:
         model = classifier(small, None, 0).to(device)
-        tr = trainer(model, 1e-3, (0.9, 0.999), 2 * steps, None, device)
-
-        def loss_fn(b):
-            return F.cross_entropy(model(b[0].to(device)), b[1].to(device)), len(b[0])
-
+        tr = trainer(model, finetune_loss, 1e-3, (0.9, 0.999), 2 * steps, None, device)
         batch = lambda: (data["train"][:cfg.finetune_batch], data["train_labels"][:cfg.finetune_batch])  # noqa: E731
-    pos = Position()
-    tr.step([batch()], loss_fn, pos)  # warm-up (allocations, kernel selection)
+    tr.step([batch()])  # warm-up (allocations, kernel selection)
     t0 = time.perf_counter()
     for _ in range(steps):
-        row = tr.step([batch()], loss_fn, pos)
+        row = tr.step([batch()])
     float(row["loss"])
     if device.type == "cuda":
         torch.cuda.synchronize()

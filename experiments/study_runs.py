@@ -15,8 +15,12 @@ from videomae import create_model
 from videomae.checkpoint import load_checkpoint
 from videomae.data.synth import SSM_CLASSES, ssm_clips
 from videomae.masking import make_mask
-from videomae.train.engine import Position, Precision, StepConfig, Trainer, make_optimizer
+from videomae.train.pretrain import pretrain_loss
+from videomae.train.recipe import AdamW, Options, Recipe, Schedule
+from videomae.train.run import Run
 from videomae.train.schedule import cosine_schedule
+from videomae.train.step import StepConfig
+from videomae.train.trainer import Trainer
 
 if TYPE_CHECKING:
     from experiments.study import Config
@@ -115,12 +119,19 @@ def classifier(cfg: Config, pretrain_state: dict | None, seed: int, drop_path: f
     return model
 
 
-def trainer(model, lr: float, betas, steps: int, layer_decay: float | None, device) -> Trainer:
-    """AdamW with the official groups (wd 0.05), 10% linear warmup from 0, cosine to lr / 100."""
+def finetune_loss(model, batch) -> torch.Tensor:
+    x, y = batch
+    return F.cross_entropy(model(x), y, label_smoothing=0.1)
+
+
+def trainer(model, loss, lr: float, betas, steps: int, layer_decay: float | None, device) -> Trainer:
+    """The one trainer, stepped by hand: AdamW with the official groups (wd 0.05), 10% linear warmup from 0, cosine
+    to lr / 100; `loss(model, batch)` (pretrain_loss: `videomae pretrain`'s own) on batches moved to `device`."""
     config = StepConfig(precision="fp32" if device.type == "cpu" else "bf16", compile=False)
-    opt = make_optimizer(model, lr, weight_decay=0.05, betas=betas, layer_decay=layer_decay, config=config)
-    return Trainer(model, opt, cosine_schedule(lr, lr / 100, 1, steps, warmup_steps=max(1, steps // 10)), None,
-                   Precision(config.precision, device), config=config)
+    schedule = Schedule(cosine_schedule(lr, lr / 100, 1, steps, warmup_steps=max(1, steps // 10)))
+    to_device = lambda batch: tuple(t.to(device, non_blocking=True) for t in batch)  # noqa: E731
+    recipe = Recipe(model, loss, schedule, AdamW(0.05, betas, layer_decay=layer_decay), prepare=to_device)
+    return Trainer(recipe, Options(step=config), Run.local(device))
 
 
 @torch.no_grad()
@@ -171,22 +182,17 @@ def pretrain(cfg: Config, data: dict, mask_type: str, ratio: float, lr: float, s
     gen = torch.Generator().manual_seed(seed)
     model = pretrain_model(cfg, seed).to(device)
     steps = cfg.pretrain_steps
-    tr = trainer(model, lr, (0.9, 0.95), steps, None, device)
+    tr = trainer(model, pretrain_loss, lr, (0.9, 0.95), steps, None, device)
     vmask = eval_masks(cfg, mask_type, ratio, len(data["val"]))
     probe_at = sorted({round(steps * k / cfg.probe_points) for k in range(1, cfg.probe_points + 1)})
     curve_at = set(np.linspace(0, steps, 11).round().astype(int).tolist()) | set(probe_at)
     curve = [{"step": 0, "val_loss": val_loss(model, data["val"], vmask, device)}]
     probes = [{"step": 0, **linear_probe(cfg, data, model.state_dict(), device)}]
-    pos, losses = Position(), []
-
-    def loss_fn(batch):
-        x, m = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-        return model.forward_loss(x, model(x, m), m), len(x)
-
+    losses = []
     for step in range(1, steps + 1):
         idx = torch.from_numpy(rng.choice(len(data["train"]), cfg.pretrain_batch, replace=False))
         mask = make_mask(mask_type, len(idx), grid_of(cfg), ratio, gen)
-        losses.append(tr.step([(data["train"][idx], mask)], loss_fn, pos)["loss"])
+        losses.append(tr.step([(data["train"][idx], mask)])["loss"])
         if step in curve_at:
             curve.append({"step": step, "train_loss": float(np.mean(losses[-20:])),
                           "val_loss": val_loss(model, data["val"], vmask, device)})
@@ -218,18 +224,13 @@ def finetune(cfg: Config, data: dict, n: int, lr: float, seed: int, device, stat
     rng = np.random.default_rng((seed, 2, n))
     model = classifier(cfg, state, seed).to(device)
     videos, labels = data["train"][:n], data["train_labels"][:n]
-    tr = trainer(model, lr, (0.9, 0.999), cfg.finetune_steps, layer_decay, device)
-
-    def loss_fn(batch):
-        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-        return F.cross_entropy(model(x), y, label_smoothing=0.1), len(x)
-
-    pos, losses, order = Position(), [], np.array([], dtype=np.int64)
+    tr = trainer(model, finetune_loss, lr, (0.9, 0.999), cfg.finetune_steps, layer_decay, device)
+    losses, order = [], np.array([], dtype=np.int64)
     for _ in range(cfg.finetune_steps):
         if len(order) < cfg.finetune_batch:  # shuffled epochs, so small sets cycle evenly
             order = np.concatenate([order, *(rng.permutation(n) for _ in range(-(-cfg.finetune_batch // n)))])
         idx, order = torch.from_numpy(order[:cfg.finetune_batch]), order[cfg.finetune_batch:]
-        losses.append(tr.step([(videos[idx], labels[idx])], loss_fn, pos)["loss"])
+        losses.append(tr.step([(videos[idx], labels[idx])])["loss"])
     out = {"train_loss": float(np.mean(losses[-20:])), "steps": cfg.finetune_steps,
            "epochs": round(cfg.finetune_steps * cfg.finetune_batch / n, 1)}
     for split in ("val", "test"):

@@ -143,9 +143,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line(err: Exception) -> str | None:
     """Errors that describe the user's input or data rather than a bug in videomae."""
-    from videomae.train.engine import TrainingDiverged
+    from videomae.train.step import TrainingDiverged
 
     if isinstance(err, FileNotFoundError | TrainingDiverged):
+        return str(err)
+    if isinstance(err, OSError) and err.filename is not None:  # disk full, a read-only folder: the path and why
         return str(err)
     if isinstance(err, ValueError) and not isinstance(err, UnicodeError):
         return str(err)

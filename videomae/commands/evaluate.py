@@ -36,10 +36,17 @@ def check(args) -> None:
         c.check_list(args, split_list(args.data_path, "test"))
     except FileNotFoundError as err:
         c.fail(args, str(err))
+    if args.nb_classes is not None:
+        from videomae.train.evaluate import head_classes
+
+        head = head_classes(args.checkpoint)
+        if head is not None and head != args.nb_classes:
+            c.fail(args, f"--nb_classes {args.nb_classes}, but --checkpoint {args.checkpoint} has a {head}-class head: "
+                   f"leave --nb_classes out (it is read from the head) or give {head}")
 
 
 def run(args) -> int:
-    from videomae.train.finetune import run_evaluation
+    from videomae.train.evaluate import run_evaluation
 
     args.drop_rate = args.attn_drop_rate = 0.0
     run_evaluation(args)

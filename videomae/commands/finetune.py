@@ -65,18 +65,22 @@ def check(args) -> None:
 
         runs.check_fits(args, "finetune", lambda: build_classifier(args, args.nb_classes or 2))
     runs.check_run_folder(args)
+    _say_what_is_missing(args)
 
 
-def run(args) -> int:
-    if getattr(args, "eval_only", False) or getattr(args, "validation_only", False):
-        # Official `--eval` / `--validation`: evaluate the given weights instead of training.
-        from videomae.train.finetune import run_evaluation
+def _say_what_is_missing(args) -> None:
+    """No silent defaults: a start from random weights, and a run without validation or test, say so at the start."""
+    from videomae.train.finetune import optional_list
 
-        args.checkpoint = args.resume or args.finetune
-        args.eval_split = "test" if getattr(args, "eval_only", False) else "val"
-        run_evaluation(args)
-        return 0
-    from videomae.train.finetune import run as train
-
-    train(args)
-    return 0
+    if args.finetune is None and getattr(args, "resume_from", None) is None:
+        c.say("note: no --finetune: the classifier starts from random weights (fine-tuning needs pretrained "
+              "weights to match the paper's accuracy)")
+    try:
+        val, test = optional_list(args, "val"), optional_list(args, "test")
+    except FileNotFoundError:
+        return  # an --eval_data_path without its list: the run names it
+    if val is None and test is None:
+        c.say(f"note: no validation per epoch and no final test: --data_path {args.data_path} holds no val/test list "
+              "(give a folder with train/val/test lists, or --eval_data_path)")
+    elif val is None:
+        c.say("note: no validation per epoch (--disable_eval_during_finetuning); the final test runs")

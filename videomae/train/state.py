@@ -5,46 +5,104 @@ states, the epoch's partial loss sums, the run's arguments). Atomic writes, keep
 File names: `checkpoint-{epoch}.pth` after epoch `epoch` (the official name), `checkpoint-{epoch}-
 step{k}.pth` after optimizer step k inside epoch `epoch` (`--save_ckpt_steps`). Each holds the official
 `{'model': state_dict}` plus optimizer, scaler, position (`next_epoch`, `next_step`, `global_step`)
-and every rank's RNG states, so a resumed run continues bit for bit.
+and every rank's RNG states, so a resumed run continues bit for bit. Every file written here carries a SHA-256
+sidecar (`videomae.integrity`) that `read` verifies: a file changed after it was written is refused, naming it, and
+`--resume auto` passes over it to the newest valid one. A write that fails (disk full, read-only folder) is one
+line naming the path (`WriteFailed`), and leaves the earlier file of that name in place.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from videomae import integrity
 from videomae.checkpoint import load_error
 
 FORMAT = "videomae-train-1"
 _NAME = re.compile(r"^checkpoint-(\d+)(?:-step(\d+))?\.pth$")
 
 
-def atomic_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, fsync, rename over `path`, fsync the folder:
-    a kill at any moment leaves either the old file or the complete new one."""
-    path = Path(path)
+class WriteFailed(OSError):
+    """A run's file could not be written (disk full, a read-only folder, no permission). One line naming the path;
+    the earlier file of that name, and every other, is as it was."""
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}; the earlier files in its folder are unchanged"
+
+
+_TMP = re.compile(r"^\..+\.tmp-(\d+)$")  # `.{name}.tmp-{pid}`: a save in progress, or one a kill cut short
+
+
+def _atomic(path: Path, write) -> None:
+    """`write(temporary path)`, fsync, rename over `path`, fsync the folder, then the SHA-256 sidecar: a kill at any
+    moment leaves the old file or the complete new one (and a stale temporary file, removed at the next start).
+    The old sidecar goes first, so a file is never paired with another file's hash (a missing one checks nothing)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            write(tmp)
+        except RuntimeError as err:  # torch's zip writer turns a failed write(2) into this, without the errno
+            if "write" not in str(err):
+                raise
+            full = shutil.disk_usage(path.parent).free < 1 << 20
+            raise OSError(errno.ENOSPC if full else errno.EIO, os.strerror(errno.ENOSPC if full else errno.EIO),
+                          str(path)) from None
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        integrity.sidecar(path).unlink(missing_ok=True)
         os.replace(tmp, path)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        integrity.write_digest(path)
+    except OSError as err:
+        raise WriteFailed(err.errno, err.strerror or str(err), str(path)) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """torch.save, atomically, with a content hash that `read` verifies. Disk full or a read-only folder:
+    WriteFailed naming `path`."""
+    _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_save_safetensors(state_dict: dict, path: str | os.PathLike) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.contiguous() for k, v in state_dict.items()}
+    _atomic(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+
+
+def remove_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Temporary files of saves that were killed (`.NAME.tmp-PID` and half-written sidecars) of processes other than
+    this one. Called by the run that holds the folder's lock: no other process is saving there."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    gone = []
+    for p in directory.iterdir():
+        m = _TMP.match(p.name)
+        stale = (m is not None and int(m.group(1)) != os.getpid()) or p.name.endswith(integrity.SUFFIX + ".tmp")
+        if stale and p.is_file():
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
 
 
 def checkpoint_name(epoch: int, step: int | None = None) -> str:
@@ -77,8 +135,10 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
 def prune(directory: str | os.PathLike, keep_last: int) -> None:
     """Delete all but the newest `keep_last` checkpoints (0 keeps everything)."""
     if keep_last > 0:
+        remove_temporaries(directory)  # a save killed earlier in this folder
         for old in list_checkpoints(directory)[:-keep_last]:
             old.unlink(missing_ok=True)
+            integrity.sidecar(old).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- RNG states
@@ -168,8 +228,9 @@ class UnreadableCheckpoint(ValueError):
 
 
 def read(path: str | os.PathLike) -> dict:
-    """A TrainState file written by `videomae`; never runs code from the file. The last file read is kept,
-    so the check before a run and the restore inside it read the disk once."""
+    """A TrainState file written by `videomae`, checked against its SHA-256 sidecar when it has one; never runs code
+    from the file. The last file read is kept, so the check before a run and the restore inside it read the disk
+    once."""
     path = Path(path)
     try:
         stat = path.stat()
@@ -178,6 +239,10 @@ def read(path: str | os.PathLike) -> dict:
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key in _cache:
         return _cache[key]
+    try:
+        integrity.verify(path)
+    except integrity.CorruptFile as err:
+        raise UnreadableCheckpoint(str(err)) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every load failure becomes one line naming the file
@@ -222,13 +287,16 @@ def run_files(directory: str | os.PathLike) -> list[Path]:
 
 
 def clear_run(directory: str | os.PathLike) -> list[Path]:
-    """`--overwrite`: delete an earlier run's files (checkpoints, logs, exports, pictures); -> what went."""
-    import shutil
-
+    """`--overwrite`: delete an earlier run's files (checkpoints and their hashes, logs, exports, pictures, temporary
+    files of killed saves); -> what went."""
     directory = Path(directory)
-    gone = run_files(directory)
+    gone = run_files(directory) + remove_temporaries(directory)
     for path in gone:
         path.unlink(missing_ok=True)
+    for path in list(gone):
+        side = integrity.sidecar(path)
+        if side.is_file():
+            side.unlink()
     for name in ("preview", "tensorboard"):
         if (directory / name).is_dir():
             shutil.rmtree(directory / name)
