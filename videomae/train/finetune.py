@@ -53,9 +53,6 @@ def optional_list(args, split: str) -> Path | None:
         return None
 
 
-_optional_list = optional_list  # the name the official-flag tests use
-
-
 def class_names(list_file: Path, labels: list[int], nb_classes: int | None) -> list[str]:
     """classes.txt beside the list file when present, else the label numbers."""
     names_file = list_file.parent / "classes.txt"
