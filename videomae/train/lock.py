@@ -108,6 +108,8 @@ class RunLock:
             return
         try:
             self.path.unlink(missing_ok=True)  # before the flock goes: nobody locks a file about to vanish
+        except OSError:
+            pass  # a folder turned read-only: the file stays, unlocked, and the next run takes it over
         finally:
             os.close(self.fd)
             self.fd = -1

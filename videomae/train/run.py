@@ -105,24 +105,30 @@ class Run:
         logs (a resumed run's rows after `resume_step` are dropped: it replays them), write args.json."""
         self.args = plain_args(args)  # as the checks left them (the resolved step switches included)
         if self.info.is_main and self.output_dir is not None:
-            out = self.output_dir
-            self._created = not out.exists()
-            out.mkdir(parents=True, exist_ok=True)
-            self._lock = RunLock.acquire(out)
-            if self._lock.previous:
-                p = self._lock.previous
-                self.say(f"took over the stale lock of pid {p.get('pid')} on {p.get('host')} (that run is gone)")
-            ckpt.remove_temporaries(out)
-            starting_over = getattr(args, "overwrite", False) or (args.resume == "auto" and resume_step is None)
-            if starting_over:
-                gone = ckpt.clear_run(out)
-                if gone:
-                    flag = "--overwrite" if getattr(args, "overwrite", False) else "--resume auto"
-                    self.say(f"{flag}: deleted {len(gone)} file(s) of the earlier run in {out}")
-            self.log = RunLog(out, getattr(args, "log_dir", None), resume_step=resume_step,
-                              tensorboard=not getattr(args, "no_tensorboard", False))
-            (out / "args.json").write_text(json.dumps(self.args, indent=1))
+            try:
+                self._begin(args, resume_step)
+            except OSError as err:  # a read-only or full disk: one line naming the path
+                raise ckpt.WriteFailed(err.errno, err.strerror, err.filename or str(self.output_dir)) from None
         distributed.barrier()
+
+    def _begin(self, args, resume_step: int | None) -> None:
+        out = self.output_dir
+        self._created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        self._lock = RunLock.acquire(out)
+        if self._lock.previous:
+            p = self._lock.previous
+            self.say(f"took over the stale lock of pid {p.get('pid')} on {p.get('host')} (that run is gone)")
+        ckpt.remove_temporaries(out)
+        starting_over = getattr(args, "overwrite", False) or (args.resume == "auto" and resume_step is None)
+        if starting_over:
+            gone = ckpt.clear_run(out)
+            if gone:
+                flag = "--overwrite" if getattr(args, "overwrite", False) else "--resume auto"
+                self.say(f"{flag}: deleted {len(gone)} file(s) of the earlier run in {out}")
+        self.log = RunLog(out, getattr(args, "log_dir", None), resume_step=resume_step,
+                          tensorboard=not getattr(args, "no_tensorboard", False))
+        (out / "args.json").write_text(json.dumps(self.args, indent=1))
 
     def export(self, model: nn.Module, fsdp: bool) -> list[Path]:
         """Final weights of the bare module in the official layout (.pth: `{'model': sd}` for pretraining,

@@ -49,14 +49,15 @@ def _atomic(path: Path, write) -> None:
     The old sidecar goes first, so a file is never paired with another file's hash (a missing one checks nothing)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        open(tmp, "wb").close()  # a read-only folder or a missing permission, as the OSError naming it
         try:
             write(tmp)
-        except RuntimeError as err:  # torch's zip writer turns a failed write(2) into this, without the errno
-            if "write" not in str(err):
+        except Exception as err:  # noqa: BLE001 - torch's and safetensors' writers report a failed write(2) so
+            if not _failed_write(err):
                 raise
-            full = shutil.disk_usage(path.parent).free < 1 << 20
-            raise OSError(errno.ENOSPC if full else errno.EIO, os.strerror(errno.ENOSPC if full else errno.EIO),
-                          str(path)) from None
+            full = "code: 28" in str(err) or shutil.disk_usage(path.parent).free < 1 << 20
+            code = errno.ENOSPC if full else errno.EIO
+            raise OSError(code, os.strerror(code), str(path)) from None
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -74,6 +75,13 @@ def _atomic(path: Path, write) -> None:
         raise WriteFailed(err.errno, err.strerror or str(err), str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _failed_write(err: Exception) -> bool:
+    """torch's zip writer and safetensors turn a failed write(2) into their own errors, without the errno."""
+    text = str(err)
+    return ("PytorchStreamWriter" in text or "write" in text or "unexpected pos" in text or "code: 28" in text
+            or type(err).__name__ == "SafetensorError")
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
