@@ -84,3 +84,18 @@ def _say_what_is_missing(args) -> None:
               "(give a folder with train/val/test lists, or --eval_data_path)")
     elif val is None:
         c.say("note: no validation per epoch (--disable_eval_during_finetuning); the final test runs")
+
+
+def run(args) -> int:
+    if getattr(args, "eval_only", False) or getattr(args, "validation_only", False):
+        # Official `--eval` / `--validation`: evaluate the given weights instead of training.
+        from videomae.train.evaluate import run_evaluation
+
+        args.checkpoint = args.resume or args.finetune
+        args.eval_split = "test" if getattr(args, "eval_only", False) else "val"
+        run_evaluation(args)
+        return 0
+    from videomae.train.finetune import run as train
+
+    train(args)
+    return 0
