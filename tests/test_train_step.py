@@ -233,6 +233,25 @@ def test_rows_are_read_every_log_interval_steps_and_at_the_epoch_end():
     assert [r["loss"] for r in rows] == [r["loss"] for r in log.rows]
 
 
+def test_the_end_of_epoch_progress_line_has_every_field(capsys):
+    """Read every 100 steps, but the epoch's 5th and last step is read before its progress line: no blank field
+    (the line used to read `epoch 1/1  step 5/5    (1.48 steps/s)`)."""
+    import re
+
+    from videomae.train.logs import LineBar
+
+    class _Lines(_Rows):
+        def bar(self, total, initial, desc):
+            return LineBar(total, initial, desc)
+
+    _, trainer, _, _ = _toy(log_interval=100, data=Batches([[torch.randn(8, 4)] * 5]))
+    trainer.run.log = _Lines()
+    trainer.fit()
+    (line,) = capsys.readouterr().err.splitlines()
+    expected = r"epoch 1/1  step 5/5  loss \d\.\d{4}  lr 1\.00e-02  [\d.]+ clips/s  \([\d.]+ steps/s\)"
+    assert re.fullmatch(expected, line), line
+
+
 def test_divergence_is_noticed_at_the_next_read_and_skipped_steps_change_nothing():
     model, trainer, log, _ = _toy(log_interval=10, max_skipped=3, poison=(2, 3, 4))
     x = torch.randn(8, 4)
