@@ -179,7 +179,7 @@ def test_an_official_pretraining_command_line_runs(data, tmp_path):
 def test_eval_data_path_and_disable_eval_choose_the_evaluation_lists(data, tmp_path):
     import argparse
 
-    from videomae.train.finetune import optional_list
+    from videomae.train.classifier import optional_list
 
     other = tmp_path / "other.csv"
     other.write_text((data["folder"] / "val.csv").read_text())
@@ -193,7 +193,7 @@ def test_eval_data_path_and_disable_eval_choose_the_evaluation_lists(data, tmp_p
 
 
 def test_official_dropout_flags_reach_the_classifier():
-    from videomae.train.finetune import build_classifier
+    from videomae.train.classifier import build_classifier
 
     args = cli.parse(["finetune", "--data_path", ".", "--model", "vit_tiny_patch16_224", "--input_size", "32",
                       "--num_frames", "4", "--drop", "0.2", "--attn_drop_rate", "0.1", "--head_drop_rate", "0.3"])

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from videomae.commands import _common as c
-from videomae.commands import runs
+import videomae.commands._common as c
+import videomae.commands.runs as runs
 
 NAME = "evaluate"
 HELP = "multi-view evaluation: top-1/top-5, per-class accuracy, confusion matrix"
@@ -30,7 +30,7 @@ def check(args) -> None:
     c.check_model(args, "vit")
     c.check_geometry(args, c.model_patch_size(args.model))
     c.check_positive(args, "batch_size", "test_num_segment", "test_num_crop", "nb_classes")
-    from videomae.train.finetune import split_list
+    from videomae.train.classifier import split_list
 
     try:
         c.check_list(args, split_list(args.data_path, "test"))

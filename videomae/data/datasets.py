@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from videomae.data import sampling as S
-from videomae.data import transforms as TF
+import videomae.data.sampling as S
+import videomae.data.transforms as TF
 from videomae.data.decode import VideoReadError, read_frames
 from videomae.data.gpu_aug import pad_frames
 from videomae.data.lists import VideoRecord

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from videomae.train import distributed
+from videomae.train.classifier import build_classifier, class_names, make_dataset, split_list
 from videomae.train.plots import confusion_matrix
 from videomae.train.run import Run
 from videomae.train.step import Precision, resolve_precision
@@ -102,7 +103,6 @@ def run_evaluation(args) -> Path:
     """`videomae evaluate` (and the official `--eval`/`--validation`): the output folder is made only when the
     report is written, so a failure before leaves none."""
     from videomae.checkpoint import load_checkpoint
-    from videomae.train.finetune import build_classifier, class_names, make_dataset, split_list
 
     with Run.start(args) as run:
         test_list = split_list(args.data_path, getattr(args, "eval_split", "test"))
