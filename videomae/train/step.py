@@ -3,7 +3,7 @@
 
     config = StepConfig().resolve(device, pretraining=True)   # bf16, fused AdamW, auto attention, compile
     optimizer = make_optimizer(model, lr, weight_decay=0.05, config=config)
-    objective = build_objective(model, config, pretrain_loss)  # batch -> (loss, clips), compiled
+    objective = build_objective(model, config, pretrain_loss)  # batch -> loss, compiled
     out = train_step(model, optimizer, [(videos, ids)], objective, Precision(config.precision, device))
 
 `train_step` is the whole step in one visible function: zero grads, micro-batches (autocast, backward),
@@ -30,6 +30,7 @@ Switches (`StepConfig`; each one lands in the run's args.json and in `videomae i
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -161,22 +162,14 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05, beta
 
 
 def build_objective(model: nn.Module, config: StepConfig, loss: Callable[[nn.Module, Any], torch.Tensor]) -> Callable:
-    """`loss(model, batch) -> scalar` as the step's `objective(batch) -> (loss, clips)`, the loss compiled
-    (forward + loss in one graph, fullgraph: no graph break) when `config.compile`. `clips` is the batch's
-    first dimension. Wrapped models (DDP) trace with graph breaks at their hooks: fullgraph is for the bare module."""
-
-    def forward_loss(batch) -> torch.Tensor:
-        return loss(model, batch)
-
-    if config.compile:
-        fullgraph = not isinstance(model, nn.parallel.DistributedDataParallel)
-        forward_loss = torch.compile(forward_loss, fullgraph=fullgraph, mode=config.compile_mode,
-                                     backend=config.compile_backend)
-
-    def objective(batch) -> tuple[torch.Tensor, int]:
-        return forward_loss(batch), batch[0].shape[0]
-
-    return objective
+    """`loss(model, batch) -> scalar` as the step's `objective(batch)`, compiled (forward + loss in one graph,
+    fullgraph: no graph break) when `config.compile`. Wrapped models (DDP) trace with graph breaks at their hooks:
+    fullgraph is for the bare module."""
+    objective = functools.partial(loss, model)
+    if not config.compile:
+        return objective
+    fullgraph = not isinstance(model, nn.parallel.DistributedDataParallel)
+    return torch.compile(objective, fullgraph=fullgraph, mode=config.compile_mode, backend=config.compile_backend)
 
 
 def ops_context(config: StepConfig):
@@ -225,8 +218,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     """One optimizer step over `micro_batches` (each already on the device) -> StepOut, with no host sync
     (bf16/fp32 with fused AdamW; see the module docstring for the exceptions).
 
-    `objective(batch) -> (loss, num_clips)` does the model part; the gradients stay in `.grad` until the
-    next step starts (the official engine's order: zero, forward, backward, step)."""
+    `objective(batch) -> scalar loss` does the model part (a batch's clips: its first tensor's first dimension);
+    the gradients stay in `.grad` until the next step starts (the official engine's order: zero, forward,
+    backward, step)."""
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     scaler = precision.scaler
     optimizer.zero_grad(set_to_none=True)
@@ -234,10 +228,10 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     for i, batch in enumerate(micro_batches):
         with _no_sync(model, i == len(micro_batches) - 1):
             with precision.autocast():
-                loss, n = objective(batch)
+                loss = objective(batch)
             loss = loss.float()
             losses.append(loss.detach())
-            clips += n
+            clips += (batch[0] if isinstance(batch, tuple | list) else batch).shape[0]
             scaled = loss / len(micro_batches)
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
     loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()

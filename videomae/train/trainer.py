@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Iterator
@@ -77,6 +78,8 @@ class Trainer:
         self.objective = build_objective(self.wrapped, self.config, recipe.loss)
         self.precision = Precision(self.config.precision, device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self._train_step = functools.partial(train_step, self.wrapped, self.optimizer, objective=self.objective,
+                                             precision=self.precision, clip_grad=recipe.clip_grad, params=self.params)
         self.position = Position()
         self.guard = StepGuard(self.options.max_skipped)
         self.epoch_loss = [0.0, 0]  # the epoch's loss sum and count: its mean survives a mid-epoch resume
@@ -108,25 +111,18 @@ class Trainer:
         pos = self.position
         lr = self.last_lr = self._set_schedule(pos.global_step)
         prepare = self.recipe.prepare
+        batches = [prepare(b) for b in micro_batches] if prepare is not None else list(micro_batches)
         with ops_context(self.config):
-            out = self._run([prepare(b) for b in micro_batches] if prepare is not None else list(micro_batches))
-        if self.config.cuda_graphs:  # replays overwrite the static outputs: keep this step's values
-            out = StepOut(out.loss.clone(), out.grad_norm.clone(), out.skipped.clone(), out.clips)
+            if not self.config.cuda_graphs:
+                out = self._train_step(batches)
+            else:  # captured at the first step, replayed after; a replay overwrites the outputs: keep this step's
+                self._graphed = self._graphed or GraphedStep(self._train_step, batches, self.params, self.optimizer)
+                out = self._graphed(batches)
+                out = StepOut(out.loss.clone(), out.grad_norm.clone(), out.skipped.clone(), out.clips)
         pos.step += 1
         pos.global_step += 1
         self._pending.append((out, dataclasses.replace(pos), lr))
         return self.flush()[-1] if flush else None
-
-    def _run(self, micro_batches: list) -> StepOut:
-        def step(batches):
-            return train_step(self.wrapped, self.optimizer, batches, self.objective, self.precision,
-                              clip_grad=self.recipe.clip_grad, params=self.params)
-
-        if not self.config.cuda_graphs:
-            return step(micro_batches)
-        if self._graphed is None:
-            self._graphed = GraphedStep(step, micro_batches, self.params, self.optimizer)
-        return self._graphed(micro_batches)
 
     def _set_schedule(self, global_step: int) -> float:
         schedule = self.recipe.schedule
