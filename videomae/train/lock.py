@@ -41,14 +41,19 @@ def _read(path: Path) -> dict | None:
     return holder if isinstance(holder, dict) else None
 
 
-def _try_flock(fd: int) -> bool:
+def _try_flock(fd: int, shared: bool = False, tries: int = 1) -> bool:
+    """Shared: a probe (probes never block each other, as torchrun's ranks checking the folder at once); exclusive:
+    the holder, retried briefly so that a probe passing by does not read as a run."""
     if fcntl is None:
         return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
+    for i in range(tries):
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if i + 1 < tries:
+                time.sleep(0.05)
+    return False
 
 
 def holder(folder: str | os.PathLike) -> dict | None:
@@ -60,7 +65,7 @@ def holder(folder: str | os.PathLike) -> dict | None:
     except FileNotFoundError:
         return None
     try:
-        if _try_flock(fd):
+        if _try_flock(fd, shared=True):
             return None  # stale: the process that wrote it is gone
         return _read(path) or {}
     finally:
@@ -85,7 +90,7 @@ class RunLock:
         path = Path(folder) / NAME
         for _ in range(3):  # a holder may release between our open and its unlink: open the new file once more
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            if not _try_flock(fd):
+            if not _try_flock(fd, tries=5):
                 os.close(fd)
                 raise FolderInUse(_describe(Path(folder), _read(path)))
             try:
