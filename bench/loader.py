@@ -218,7 +218,7 @@ def through_loader(records, rate: int, num_sample: int, backend: str, aug: str, 
         next(it)
     clips, t0 = 0, time.perf_counter()
     for _ in range(batches):
-        clips += next(it)[-1].shape[0]  # masks: one per clip
+        clips += next(it)[-1].visible.shape[0]  # TokenIds: one row per clip
     wall = time.perf_counter() - t0
     del it
     per_core = clips / wall / workers

@@ -9,10 +9,10 @@ AOTAutograd's joint graph and inductor's lowering and Triton code generation (no
   preloaded (LD_PRELOAD) before torch loads, which answers the two CUDA calls the autograd engine makes behind the
   guard's back (device count 1, primary context active). `run_isolated` re-executes a command with it.
 
-`trace_step` traces `videomae pretrain`'s (or `finetune`'s) compiled objective exactly as the CLI builds it
-(`StepConfig` defaults resolved for CUDA, `engine.pretrain_objective`), with the graphs, the dispatch decisions and
-inductor's Triton kernels recorded (`Trace`). Used by tests/test_fake_cuda_trace.py, bench/triton_sm90a.py and the
-cost model (issue 21).
+`trace_step` traces `videomae pretrain`'s (or `finetune`'s) compiled objective exactly as the CLI's Trainer builds
+it (`StepConfig` defaults resolved for CUDA, `train.step.build_objective` of the command's loss), with the graphs, the
+dispatch decisions and inductor's Triton kernels recorded (`Trace`). Used by tests/test_fake_cuda_trace.py and
+bench/triton_sm90a.py.
 
     python -m bench.trace --ops-backend triton --depth 12 --json out.json    # re-executes itself with the preload
 """
@@ -550,16 +550,24 @@ class Step:
         return argv
 
 
-def _inputs(step: Step, model, mode) -> tuple:
-    """Fake CUDA inputs of the step: (clips, TokenIds) for pretraining, clips for fine-tuning. Masks are made on
-    the CPU (as the collate does) and moved, as `prepare` does."""
+NUM_CLASSES = 400  # fine-tuning's head (Kinetics-400)
+
+
+def _inputs(step: Step, model, mode, args) -> tuple:
+    """The fake CUDA batch the CLI's `prepare` hands its objective: pretraining (clips, TokenIds), the masks made
+    on the CPU as the collate makes them; fine-tuning (float clips, target): soft targets [B, classes] under
+    mixup/cutmix (the CLI's defaults), else labels [B]."""
     from videomae.masking import running_cell_mask, token_ids, tube_mask
 
     dtype = {"uint8": torch.uint8, "float32": torch.float32}[step.clip_dtype]
     shape = (step.batch, 3, step.frames, step.size, step.size)
     if step.command != "pretrain":
+        mixing = args.mixup > 0 or args.cutmix > 0
         with mode:
-            return (torch.empty(shape, dtype=torch.float32, device="cuda"),)
+            clips = torch.empty(shape, dtype=torch.float32, device="cuda")
+            target = (torch.empty(step.batch, NUM_CLASSES, device="cuda") if mixing
+                      else torch.empty(step.batch, dtype=torch.int64, device="cuda"))
+        return clips, target
     grid = model.encoder.patch_embed.grid(shape)
     mask = tube_mask(step.batch, grid, step.ratio)
     decode = running_cell_mask(step.batch, grid, 0.5) if step.v2 else None
@@ -573,37 +581,41 @@ def _inputs(step: Step, model, mode) -> tuple:
 
 def cli_step(step: Step, mode, compile: bool = True):
     """Inside `fake_cuda()`: the CLI's objective for `step` on fake CUDA tensors -> (config, precision, call), where
-    `call()` runs the objective once (pretraining: (loss, clips); fine-tuning: logits). `compile=False` keeps the
-    CLI's every other switch and runs eagerly (bench/triton_sm90a.py records the kernels launched that way)."""
-    from videomae.train import engine
+    `call()` runs the objective once (forward and loss -> the scalar loss), as the CLI's `Trainer` builds it
+    (`train.step.build_objective` of the command's loss). `compile=False` keeps the CLI's every other switch and
+    runs eagerly (bench/triton_sm90a.py records the kernels launched that way)."""
+    from videomae.train import step as train
 
     args = cli_args(step.command, step.argv())
     device = torch.device("cuda", 0)
-    config = engine.StepConfig.from_args(args).resolve(device, pretraining=step.command == "pretrain")
+    config = train.StepConfig.from_args(args).resolve(device, pretraining=step.command == "pretrain")
     if not compile:
         config = config.replace(compile=False)
     model = build_model(step, args)
     with mode:
         model = model.to_empty(device=device)
-    engine.apply_config(model, config)
-    precision = engine.Precision(config.precision, device)
-    inputs = _inputs(step, model, mode)
+    train.apply_config(model, config)
+    precision = train.Precision(config.precision, device)
+    batch = _inputs(step, model, mode, args)
     if step.command == "pretrain":
-        objective = engine.pretrain_objective(model, config)
-        return config, precision, lambda: objective(inputs)
-    forward = engine.build_objective(model, config, model)
-    return config, precision, lambda: forward(*inputs)
+        from videomae.train.pretrain import pretrain_loss as loss
+    else:
+        from videomae.train.finetune import classification_loss
+
+        loss = classification_loss(args.smoothing, args.mixup > 0 or args.cutmix > 0)
+    objective = train.build_objective(model, config, loss)
+    return config, precision, lambda: objective(batch)
 
 
 def trace_step(step: Step, spec: DeviceSpec = H200) -> Trace:
     """Trace the objective the CLI compiles for `step` on a `spec` GPU; returns what was compiled."""
-    from videomae.train import engine
+    from videomae.train.step import ops_context
 
     trace = Trace()
     with fake_cuda(spec) as mode:
         config, precision, call = cli_step(step, mode)
         trace.config = config.as_dict()
-        with recording(trace), precision.autocast(), engine.ops_context(config):
+        with recording(trace), precision.autocast(), ops_context(config):
             try:
                 call()
             except NotRun:
@@ -615,8 +627,9 @@ def build_model(step: Step, args) -> torch.nn.Module:
     """The model exactly as the CLI builds it from `args` (on the CPU), the encoder depth replaced if asked."""
     import importlib
 
-    module = importlib.import_module(f"videomae.train.{step.command}")
-    build = module.build_model if step.command == "pretrain" else lambda a: module.build_classifier(a, 400)
+    module = importlib.import_module("videomae.train.pretrain" if step.command == "pretrain"
+                                     else "videomae.train.classifier")
+    build = module.build_model if step.command == "pretrain" else lambda a: module.build_classifier(a, NUM_CLASSES)
     if step.depth is None:
         return build(args)
     from videomae import registry

@@ -2,10 +2,10 @@
 runs, at the CLI's defaults, against its eager reference and its peers, in one process.
 
 Rows (`--peers`, in this order per batch size, then the extra compile / CUDA-graph rows):
-- `fast`      `videomae.train.engine.Trainer` -> `engine.train_step` with the CLI's `prepare`
-              (videomae.data.feed.DeviceFeed) and the CLI's `StepConfig` defaults (CUDA: bf16 autocast, fused ops,
-              auto attention, fused AdamW, torch.compile); `--compile both` adds the other compile setting,
-              `--cuda-graphs` a whole-step CUDA graph row.
+- `fast`      `videomae.train.trainer.Trainer` -> `train.step.train_step` on `videomae pretrain`'s loss with the
+              CLI's `prepare` (videomae.data.feed.DeviceFeed) and the CLI's `StepConfig` defaults (CUDA: bf16
+              autocast, fused ops, auto attention, fused AdamW, torch.compile); `--compile both` adds the other
+              compile setting, `--cuda-graphs` a whole-step CUDA graph row.
 - `eager`     the same model, prepare and step under `StepConfig.eager_reference` (ops backend torch, eager
               attention), bf16.
 - `hf`        transformers VideoMAEForPreTraining, sdpa, bf16 (bench/peers.py).
@@ -54,7 +54,10 @@ from videomae import attention  # noqa: E402
 from videomae.data.feed import DeviceFeed  # noqa: E402
 from videomae.data.transforms import multiscale_crop_box  # noqa: E402
 from videomae.masking import token_ids, tube_mask  # noqa: E402
-from videomae.train import engine  # noqa: E402
+from videomae.train import step as train  # noqa: E402
+from videomae.train.pretrain import pretrain_loss  # noqa: E402
+from videomae.train.recipe import Options, Recipe, Schedule  # noqa: E402
+from videomae.train.trainer import Trainer  # noqa: E402
 
 PEERS = ("fast", "eager", "hf", "official")
 OURS = ("fast", "eager")
@@ -139,24 +142,22 @@ class _OpNames(TorchDispatchMode):
 
 
 def build_ours(spec: dict, device: torch.device, inputs: list):
-    """Our model and optimizer, stepped by `engine.Trainer` (the function `videomae pretrain` runs) with the CLI's
-    `prepare` (DeviceFeed) inside the step."""
-    base = engine.StepConfig() if spec["peer"] == "fast" else engine.StepConfig.eager_reference(
+    """Our model stepped by `Trainer` on `videomae pretrain`'s loss (what the CLI builds), with the CLI's `prepare`
+    (DeviceFeed) inside the step."""
+    base = train.StepConfig() if spec["peer"] == "fast" else train.StepConfig.eager_reference(
         "bf16" if device.type == "cuda" else "fp32")
     config = base.replace(compile=spec["compile"], cuda_graphs=spec["cuda_graphs"],
-                          compile_backend=spec["compile_backend"]).resolve(device, pretraining=True)
+                          compile_backend=spec["compile_backend"])
     name, kw = model_kwargs(spec["model"], spec["frames"], spec["size"])
     net = videomae.create_model(name, **kw).to(device)
-    engine.apply_config(net, config)
-    opt = engine.make_optimizer(net, lr=1.5e-4, config=config)
-    precision = engine.Precision(config.precision, device)
     feed = DeviceFeed(device, spec["size"])
-    trainer = engine.Trainer(net, opt, [1.5e-4], None, precision, config=config, max_skipped=0, prepare=feed)
-    objective = engine.pretrain_objective(net, config)
+    trainer = Trainer(Recipe(net, pretrain_loss, Schedule.constant(1.5e-4), prepare=feed),
+                      Options(step=config, max_skipped=0))
+    config, precision = trainer.config, trainer.precision  # resolved for the device
     videos, ids = feed(inputs[0])
     names = _OpNames()
-    with torch.no_grad(), engine.ops_context(config), precision.autocast(), names:
-        net.forward_loss(videos, net(videos, ids), ids)
+    with torch.no_grad(), train.ops_context(config), precision.autocast(), names:
+        pretrain_loss(net, (videos, ids))
     backend = ",".join(sorted(names.names)) or "none"
     a = net.decoder.blocks[0].attn
     tokens = ids.visible.shape[1] + ids.decoded.shape[1]  # the decoder's sequence: what auto picks for
@@ -168,10 +169,9 @@ def build_ours(spec: dict, device: torch.device, inputs: list):
              "input": "uint8 crops in pinned host memory -> DeviceFeed (side-stream copy, batched crop + resize), "
                       "timed inside the step",
              "frames_hw": list(frames.shape[2:4]), "copy_mb_per_step": round(frames.nbytes / 1e6, 1)}
-    position = engine.Position()
 
     def step(batch):
-        trainer.step([batch], objective, position, flush=False)
+        trainer.step([batch], flush=False)
 
     def losses() -> list[float | None]:
         return [r["loss"] for r in trainer.flush()]
@@ -326,7 +326,7 @@ def share_compiles():
 def plan(args, device: torch.device) -> list[dict]:
     """Rows in order of value: the table at the CLI's defaults for each batch size, then the other compile
     setting, then the CUDA-graph rows."""
-    default = engine.StepConfig().resolve(device, pretraining=True).compile
+    default = train.StepConfig().resolve(device, pretraining=True).compile
     compiles = {"default": [default], "on": [True], "off": [False], "both": [default, not default]}[args.compile]
     base = dict(model=args.model, frames=args.frames, size=args.size, ratio=args.ratio, source=tuple(args.source),
                 compile_backend=args.compile_backend, cuda_graphs=False)

@@ -1,7 +1,7 @@
 """The study's parts: the data, model-free baselines, models, the one training function, and one pretraining,
 fine-tuning or probe run (experiments/study.py plans and schedules them).
 
-`train` is the study's only use of the project's training code (videomae.train.engine): every pretraining and
+`train` is the study's only use of the project's training code (the one `Trainer`): every pretraining and
 fine-tuning run goes through it, so a change of trainer is a change of that one function.
 """
 
@@ -20,8 +20,11 @@ from videomae import create_model
 from videomae.checkpoint import load_checkpoint
 from videomae.data.synth_motion import MOTION_CLASSES, motion_clip
 from videomae.masking import make_mask, token_ids
-from videomae.train.engine import Position, Precision, StepConfig, Trainer, make_optimizer
+from videomae.train.recipe import AdamW, Options, Recipe, Schedule
+from videomae.train.run import Run
 from videomae.train.schedule import cosine_schedule
+from videomae.train.step import StepConfig
+from videomae.train.trainer import Trainer
 
 if TYPE_CHECKING:
     from experiments.study import Config
@@ -198,21 +201,21 @@ def classifier(cfg: Config, pretrain_state: dict | None, seed: int, drop_path: f
     return model
 
 
-def train(model, objective, batches, steps: int, lr: float, *, betas, device, layer_decay: float | None = None,
+def train(model, loss, batches, steps: int, lr: float, *, betas, device, layer_decay: float | None = None,
           every: int = 0, on_eval=None, log_interval: int = 25) -> list[float]:
-    """The study's one use of the project's training code: `steps` optimizer steps of `objective(batch) ->
-    (loss, clips)` on the batches of the iterator `batches` (moved to `device` outside the step), AdamW with the
-    official groups (wd 0.05, `layer_decay` for classifiers), 10% linear warmup from 0, cosine to lr / 100.
-    `on_eval(step)` runs after every `every`-th step and the last -> the loss of every step (read every
-    `log_interval` steps: one host sync per read)."""
+    """The study's one use of the project's training code: the one `Trainer` (videomae/train/trainer.py) stepped
+    by hand for `steps` optimizer steps of `loss(model, batch) -> scalar` on the batches of the iterator `batches`
+    (moved to `device` outside the step), AdamW with the official groups (wd 0.05, `layer_decay` for classifiers),
+    10% linear warmup from 0, cosine to lr / 100. `on_eval(step)` runs after every `every`-th step and the last
+    -> the loss of every step (read every `log_interval` steps: one host sync per read)."""
     config = StepConfig(precision="fp32" if device.type == "cpu" else "bf16", compile=False)
-    opt = make_optimizer(model, lr, weight_decay=0.05, betas=betas, layer_decay=layer_decay, config=config)
-    trainer = Trainer(model, opt, cosine_schedule(lr, lr / 100, 1, steps, warmup_steps=max(1, steps // 10)), None,
-                      Precision(config.precision, device), config=config,
-                      prepare=lambda b: tuple(x.to(device, non_blocking=True) for x in b))
-    pos, losses = Position(), []
+    schedule = Schedule(cosine_schedule(lr, lr / 100, 1, steps, warmup_steps=max(1, steps // 10)))
+    recipe = Recipe(model, loss, schedule, AdamW(0.05, betas, layer_decay=layer_decay),
+                    prepare=lambda b: tuple(x.to(device, non_blocking=True) for x in b))
+    trainer = Trainer(recipe, Options(step=config), Run.local(device))
+    losses = []
     for step in range(1, steps + 1):
-        trainer.step([next(batches)], objective, pos, flush=False)
+        trainer.step([next(batches)], flush=False)
         evaluate = on_eval is not None and (step == steps or (every and step % every == 0))
         if step % log_interval == 0 or step == steps or evaluate:
             losses += [r["loss"] if r["loss"] is not None else float("nan") for r in trainer.flush()]
@@ -256,15 +259,15 @@ def pretrain(cfg: Config, data: dict, mask_type: str, seed: int, steps: int, dev
             mask = make_mask(mask_type, len(idx), grid, cfg.mask_ratio, gen)
             yield torch.from_numpy(pool[np.sort(idx)]), token_ids(mask)
 
-    def objective(batch):
+    def loss(model, batch):
         clips, ids = batch
         x = to_input_tensor(clips)
-        return model.forward_loss(x, model(x, ids), ids), len(x)
+        return model.forward_loss(x, model(x, ids), ids)
 
     def on_eval(step):
         curve.append({"step": step, "val_loss": val_loss(model, data["val"], vmask, device)})
 
-    losses = train(model, objective, batches(), steps, cfg.pretrain_lr, betas=(0.9, 0.95), device=device,
+    losses = train(model, loss, batches(), steps, cfg.pretrain_lr, betas=(0.9, 0.95), device=device,
                    every=max(1, steps // evals) if evals else 0, on_eval=on_eval)
     stats = {"train_loss": float(np.nanmean(losses[-max(1, steps // 20):])), "val_loss": curve[-1]["val_loss"],
              "curve": curve, "steps": steps, "epochs": round(steps * cfg.pretrain_batch / len(pool), 1)}
@@ -307,11 +310,11 @@ def finetune(cfg: Config, data: dict, n: int, lr: float, seed: int, steps: int, 
             idx = np.sort(idx_all[i])
             yield torch.from_numpy(videos[idx]), labels[idx]
 
-    def objective(batch):
+    def loss(model, batch):
         clips, y = batch
-        return F.cross_entropy(model(to_input_tensor(clips)), y, label_smoothing=0.1), len(y)
+        return F.cross_entropy(model(to_input_tensor(clips)), y, label_smoothing=0.1)
 
-    losses = train(model, objective, batches(), steps, lr, betas=(0.9, 0.999), device=device,
+    losses = train(model, loss, batches(), steps, lr, betas=(0.9, 0.999), device=device,
                    layer_decay=0.75 if state is not None else None)
     k = max(1, steps // 20)
     out = {"train_loss": float(np.nanmean(losses[-k:])), "plateau": plateau(losses), "steps": steps,

@@ -12,8 +12,8 @@ eps 1e-8, weight decay 0.05 except 1-D params, biases and the mask token; lr sca
 from 0 then per-step cosine; no clipping.
 - official: `engine_for_pretraining.train_one_epoch` itself, one call per epoch, with its `create_optimizer`
   and `utils.cosine_scheduler`;
-- ours: `Trainer.step` wired as `videomae pretrain` wires it (`StepConfig`, `make_optimizer`, `pretrain_objective`,
-  `cosine_schedule`, masks as `TokenIds`).
+- ours: `Trainer.fit` on `videomae pretrain`'s recipe (its loss `pretrain_loss`, the official schedule and AdamW
+  groups, the CLI's default step switches), the batches handed over as the loader would (masks as `TokenIds`).
 Writes `train_parity.json` (one row per step, both losses, relative errors, versions, shas) and `train_parity.png`.
 A second sequence runs V2 dual masking against OpenGVLab/VideoMAEv2 when its checkout is present.
 
@@ -48,16 +48,12 @@ from torch import nn
 from videomae import create_model
 from videomae.data.synth import render_clip
 from videomae.masking import token_ids
-from videomae.train.engine import (
-    Position,
-    Precision,
-    StepConfig,
-    Trainer,
-    apply_config,
-    make_optimizer,
-    pretrain_objective,
-)
-from videomae.train.schedule import cosine_schedule, scaled_lr
+from videomae.train.logs import MemoryLog
+from videomae.train.pretrain import pretrain_loss
+from videomae.train.recipe import AdamW, Batches, Options, Recipe, Schedule
+from videomae.train.run import Run
+from videomae.train.schedule import scaled_lr
+from videomae.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OFFICIAL = REPO / "third_party" / "VideoMAE"
@@ -265,29 +261,22 @@ def pretrain_loss_fn(model: nn.Module):
 
 
 def run_ours(cfg: ParityConfig, init: dict, batches: list) -> tuple[list[dict], dict]:
-    """The step `videomae pretrain` runs, wired as `videomae.train.pretrain.run` wires it on a CPU with default
-    flags (StepConfig resolved for the device, make_optimizer, pretrain_objective, Trainer; masks turned into
-    TokenIds where the batch is made) -> (per-step rows, final state_dict)."""
-    device = torch.device("cpu")
+    """`Trainer.fit` on the recipe `videomae pretrain` builds (its loss, the official schedule and AdamW groups, the
+    CLI's default switches resolved for the CPU), the masks turned into TokenIds where the batch is made, as the
+    loader's collate does -> (per-step rows, final state_dict)."""
     model = our_model(cfg)
     model.load_state_dict(init)
     model.train()
-    config = StepConfig().resolve(device, pretraining=True)
-    apply_config(model, config)
+    data = Batches([[(videos, token_ids(mask.flatten(1).to(torch.bool),
+                                             decode[0].flatten(1).to(torch.bool) if decode else None))
+                          for videos, mask, *decode in epoch_batches] for epoch_batches in batches])
     total_batch = cfg.batch_size
-    lr, min_lr = scaled_lr(cfg.blr, total_batch), scaled_lr(cfg.min_blr, total_batch)
-    lr_schedule = cosine_schedule(lr, min_lr, cfg.epochs, cfg.steps_per_epoch, cfg.warmup_epochs)
-    optimizer = make_optimizer(model, lr, cfg.weight_decay, betas=cfg.betas, eps=cfg.eps, config=config)
-    trainer = Trainer(model, optimizer, lr_schedule, None, Precision(config.precision, device), config=config)
-    objective = pretrain_objective(model, config, model)
-    position, rows = Position(), []
-    for epoch, epoch_batches in enumerate(batches):
-        position.epoch, position.step = epoch, 0
-        for videos, mask, *decode in epoch_batches:
-            decode_mask = decode[0].flatten(1).to(torch.bool) if decode else None
-            ids = token_ids(mask.flatten(1).to(torch.bool), decode_mask)
-            rows.append(trainer.step([(videos, ids)], objective, position))
-    return rows, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    schedule = Schedule.official(scaled_lr(cfg.blr, total_batch), scaled_lr(cfg.min_blr, total_batch), cfg.epochs,
+                                 cfg.steps_per_epoch, cfg.warmup_epochs, weight_decay=cfg.weight_decay)
+    recipe = Recipe(model, pretrain_loss, schedule, AdamW(cfg.weight_decay, cfg.betas, cfg.eps), data=data)
+    log = MemoryLog()
+    Trainer(recipe, Options(), Run.local("cpu", log)).fit()
+    return log.rows, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 # ---------------------------------------------------------------- data and comparison
@@ -358,7 +347,7 @@ def run_parity(official_root: str | Path = DEFAULT_OFFICIAL, cfg: ParityConfig |
     w_err, worst, worst_err = weights_rel_err(our_final, official_final)
     moved, _, _ = weights_rel_err(official_final, start)
     return {
-        "what": f"our Trainer.step vs the official {'VideoMAEv2 (dual masking)' if v2 else 'VideoMAE'} "
+        "what": f"our Trainer.fit vs the official {'VideoMAEv2 (dual masking)' if v2 else 'VideoMAE'} "
                 "engine_for_pretraining.train_one_epoch, same init, clips and masks",
         "config": asdict(cfg),
         "steps": steps,
@@ -418,7 +407,7 @@ def plot(result: dict, path: Path) -> Path:
         top.plot(steps, [row["loss_official"] for row in r["steps"]], lw=4, alpha=0.4, color=color,
                  label=f"{name}: official train_one_epoch")
         top.plot(steps, [row["loss_ours"] for row in r["steps"]], lw=1, ls="--", color="k" if color == "C0"
-                 else "C3", label=f"{name}: ours (Trainer.step)")
+                 else "C3", label=f"{name}: ours (Trainer.fit)")
         bottom.semilogy(steps, [max(row["loss_rel_err"], 1e-12) for row in r["steps"]], color=color, label=name)
         title.append(f"{name.split()[0]}: loss {r['max_loss_rel_err']:.1e}, weights {r['weights_rel_err']:.1e}")
     top.set_ylabel("normalized-pixel MSE")

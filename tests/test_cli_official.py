@@ -98,8 +98,7 @@ def test_finetune_scripts(script, data, tmp_path, capsys):
         assert args.use_checkpoint
 
 
-def test_every_official_flag_is_accepted_with_its_arity():
-    values = {"store_true": [], "store_false": []}
+def test_every_official_flag_is_accepted_with_its_arity_and_sets_its_value():
     parser = cli.build_parser()
     sub = {a.dest: a for a in parser._actions if a.dest == "command"}["command"].choices
     for command in (official.PT, official.FT):
@@ -108,15 +107,20 @@ def test_every_official_flag_is_accepted_with_its_arity():
         for o in official.OFFICIAL:
             if command not in o.commands:
                 continue
-            action = o.kwargs.get("action")
-            if action in values:
-                given = values[action]
+            # The tokens the official parser takes for this flag, and the value they must leave behind.
+            action, kind = o.kwargs.get("action"), o.kwargs.get("type")
+            if action == "store_true":
+                given, expected = [], True
+            elif action == "store_false":
+                given, expected = [], False
             elif o.kwargs.get("nargs") == "+":
-                given = ["0.2", "0.8"]
+                given, expected = ["0.2", "0.8"], [0.2, 0.8]
+            elif kind in (int, float):
+                given, expected = ["3"], kind(3)
             else:
-                given = ["1"] if o.kwargs.get("type") in (int, float) else ["adamw"]
+                given, expected = ["adamw"], "adamw"
             args = sub[command].parse_args([f"--{o.name}", *given])
-            assert hasattr(args, official._dest(o)), o.name
+            assert getattr(args, official._dest(o)) == expected, (command, o.name)
 
 
 @pytest.mark.parametrize("command, line, needle", [
@@ -175,21 +179,21 @@ def test_an_official_pretraining_command_line_runs(data, tmp_path):
 def test_eval_data_path_and_disable_eval_choose_the_evaluation_lists(data, tmp_path):
     import argparse
 
-    from videomae.train.finetune import _optional_list
+    from videomae.train.classifier import optional_list
 
     other = tmp_path / "other.csv"
     other.write_text((data["folder"] / "val.csv").read_text())
     plain = argparse.Namespace(data_path=str(data["folder"]))
-    assert _optional_list(plain, "val") == data["folder"] / "val.csv"
-    assert _optional_list(plain, "test") == data["folder"] / "test.csv"
+    assert optional_list(plain, "val") == data["folder"] / "val.csv"
+    assert optional_list(plain, "test") == data["folder"] / "test.csv"
     given = argparse.Namespace(data_path=str(data["folder"]), eval_data_path=str(other))
-    assert _optional_list(given, "val") == other and _optional_list(given, "test") == other
+    assert optional_list(given, "val") == other and optional_list(given, "test") == other
     off = argparse.Namespace(data_path=str(data["folder"]), disable_eval_during_finetuning=True)
-    assert _optional_list(off, "val") is None and _optional_list(off, "test") == data["folder"] / "test.csv"
+    assert optional_list(off, "val") is None and optional_list(off, "test") == data["folder"] / "test.csv"
 
 
 def test_official_dropout_flags_reach_the_classifier():
-    from videomae.train.finetune import build_classifier
+    from videomae.train.classifier import build_classifier
 
     args = cli.parse(["finetune", "--data_path", ".", "--model", "vit_tiny_patch16_224", "--input_size", "32",
                       "--num_frames", "4", "--drop", "0.2", "--attn_drop_rate", "0.1", "--head_drop_rate", "0.3"])

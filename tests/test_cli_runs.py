@@ -1,7 +1,10 @@
 """Run folders and TrainState files through the real `videomae` command (subprocesses): nothing on disk
-changes before every check passed, a used folder is refused, corrupt checkpoints are one line and skipped
-by `--resume auto`, SIGINT/SIGTERM save at a step boundary and the resumed run equals an uninterrupted one,
-and a resume refuses another model geometry and states a changed schedule."""
+changes before every check passed, a used folder is refused, a folder in use by another run is refused naming it,
+checkpoints changed after they were written are one line and skipped by `--resume auto`, SIGINT/SIGTERM to the
+whole process group save at a step boundary (the loader's workers included) and the resumed run equals an
+uninterrupted one, a requeued run that saved nothing starts over (stale lock and temporary files removed), a
+read-only folder during a save is one line with nothing lost, and a resume refuses another model geometry and
+states a changed schedule."""
 
 from __future__ import annotations
 
@@ -94,36 +97,115 @@ def test_a_bad_list_line_stops_before_the_folder_exists(synth, tmp_path):
     assert not out.exists()
 
 
-def test_overwrite_replaces_an_earlier_run(synth, whole, tmp_path):
+def test_overwrite_replaces_an_earlier_run_and_its_stale_temporary_files(synth, whole, tmp_path):
     out = tmp_path / "again"
     import shutil
 
     shutil.copytree(whole, out)
+    (out / ".checkpoint-5.pth.tmp-999999").write_bytes(b"half of a save that was killed")
     proc = run(pretrain_cmd(synth, out, "--epochs", "1", "--overwrite"))
     assert proc.returncode == 0, proc.stderr
     assert "--overwrite: deleted" in proc.stdout
     assert [r["step"] for r in steps(out)] == list(range(1, 9))
     assert sorted(p.name for p in out.glob("checkpoint-*.pth")) == ["checkpoint-0.pth"]
-    assert not list(out.glob("previous-*"))
+    assert not list(out.glob(".*tmp*")) and not list(out.glob("previous-*"))
+
+
+def test_a_folder_in_use_is_refused_naming_the_holder_and_left_untouched(synth, whole, tmp_path):
+    import shutil
+    import socket
+
+    from videomae.train.lock import RunLock
+
+    out = tmp_path / "busy"
+    shutil.copytree(whole, out)
+    held = RunLock.acquire(out)  # this process is the run that holds the folder
+    try:
+        before = snapshot(out)
+        for extra in (["--resume", "auto"], ["--overwrite"], []):
+            one_line(run(pretrain_cmd(synth, out, "--epochs", "2", *extra)),
+                     f"--output_dir {out} is in use by pid {os.getpid()} on {socket.gethostname()}")
+        assert snapshot(out) == before
+    finally:
+        held.release()
+
+
+def test_a_requeued_run_that_saved_nothing_starts_over(synth, whole, tmp_path):
+    """What a SIGKILL before the first checkpoint leaves (args.json, a few logged steps, the temporary file of the save
+    it was in, its lock) is a new run for `--resume auto`, not a refusal."""
+    import json as json_
+
+    out = tmp_path / "requeued"
+    out.mkdir()
+    (out / "args.json").write_text((whole / "args.json").read_text())
+    (out / "steps.jsonl").write_text("".join(json_.dumps(r) + "\n" for r in steps(whole)[:3]))
+    (out / ".checkpoint-0-step3.pth.tmp-999999").write_bytes(b"x" * 1000)
+    (out / ".videomae.lock").write_text(json_.dumps({"pid": 999999, "host": "gone", "started": "before"}))
+    proc = run(pretrain_cmd(synth, out, "--epochs", "1", "--resume", "auto"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"--resume auto: no checkpoint in {out} (the earlier run saved none): starting a new run" in proc.stdout
+    assert "took over the stale lock of pid 999999 on gone" in proc.stdout
+    assert [(r["step"], r["loss"]) for r in steps(out)] == [(r["step"], r["loss"]) for r in steps(whole)[:8]]
+    assert not list(out.glob(".*tmp*")) and not (out / ".videomae.lock").exists()
+
+
+def _without_root_privileges() -> list[str]:
+    """A prefix under which file modes bind even for root (its capability to override them dropped)."""
+    if os.geteuid() != 0:
+        return []
+    import shutil
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a read-only folder cannot be made to bind")
+    caps = "-dac_override,-dac_read_search,-fowner"
+    return ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", "--"]
+
+
+def test_a_folder_made_read_only_during_the_run_is_one_line_and_loses_nothing(synth, tmp_path):
+    out = tmp_path / "readonly"
+    proc = subprocess.Popen(_without_root_privileges() + pretrain_cmd(synth, out, "--epochs", "3"), env=env(),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = out / "checkpoint-0.pth"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (out / "checkpoint-0.pth.sha256").exists():
+        time.sleep(0.005)
+    out.chmod(0o555)  # the next checkpoint (after epoch 2) cannot be created
+    try:
+        _, err = proc.communicate(timeout=300)
+        lines = [x for x in err.splitlines() if x.strip() and not x.startswith("epoch ")]
+        assert proc.returncode == 1 and "Traceback" not in err, err
+        assert lines == [f"videomae pretrain: error: cannot write {out / 'checkpoint-1.pth'}: Permission denied; "
+                         "the earlier files in its folder are unchanged"], err
+        assert not list(out.glob(".*tmp*"))
+        from videomae.train import state
+
+        assert state.read(first)["next_epoch"] == 1  # the earlier checkpoint reads, its hash verified
+    finally:
+        out.chmod(0o755)
+    resumed = run(pretrain_cmd(synth, out, "--epochs", "3", "--resume", "auto"))
+    assert resumed.returncode == 0 and f"continuing from {first}" in resumed.stdout, resumed.stderr
 
 
 # ---------------------------------------------------------------- checkpoints you can trust
 
 
-def test_truncated_checkpoint_is_one_line_and_resume_auto_skips_it(synth, whole, tmp_path):
+def test_a_checkpoint_with_flipped_bytes_is_one_line_and_resume_auto_skips_it(synth, whole, tmp_path):
     import shutil
 
     out = tmp_path / "cut"
     shutil.copytree(whole, out)
     newest = out / "checkpoint-1.pth"
-    newest.write_bytes(newest.read_bytes()[:4096])
+    data = bytearray(newest.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = bytes(b ^ 0x5A for b in data[middle:middle + 4096])  # inside a tensor's bytes
+    newest.write_bytes(bytes(data))
     proc = run(pretrain_cmd(synth, out, "--epochs", "2", "--resume", str(newest)))
-    line = one_line(proc, str(newest), "truncated or corrupt")
+    line = one_line(proc, str(newest), "does not match its recorded SHA-256")
     assert "weights_only" not in line
     # auto: the newest *valid* one, saying which it skipped and which it took
     proc = run(pretrain_cmd(synth, out, "--epochs", "2", "--resume", "auto"))
     assert proc.returncode == 0, proc.stderr
-    assert f"skipping {newest}: truncated or corrupt" in proc.stdout
+    assert f"skipping {newest}: content does not match its recorded SHA-256" in proc.stdout
     assert f"continuing from {out / 'checkpoint-0.pth'}" in proc.stdout
     a = torch.load(whole / "model.pth", weights_only=True)["model"]
     b = torch.load(out / "model.pth", weights_only=True)["model"]
@@ -156,21 +238,27 @@ def test_resume_refuses_another_geometry_and_states_a_changed_schedule(synth, wh
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_mid_epoch_saves_then_resume_equals_the_uninterrupted_run(synth, whole, tmp_path, sig):
+def test_a_signal_to_the_process_group_saves_then_resume_equals_the_uninterrupted_run(synth, whole, tmp_path, sig):
+    """As Ctrl-C and Slurm do: the signal reaches the run and its loader workers (2 here) at once. The workers leave
+    it to the run, which saves at the next step boundary and exits 130/143 with one line, no traceback."""
     out = tmp_path / "cut"
-    proc = subprocess.Popen(pretrain_cmd(synth, out, "--epochs", "2"), env=env(), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(pretrain_cmd(synth, out, "--epochs", "2", "--num_workers", "2"), env=env(), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 300
     rows = out / "steps.jsonl"
     while time.time() < deadline and proc.poll() is None:
         if rows.exists() and len(rows.read_text().splitlines()) >= 3:
             break
         time.sleep(0.005)
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + sig.value, err  # interrupted, not finished
+    assert "Traceback" not in err and "terminate called" not in err, err
     saved = sorted(out.glob("checkpoint-*.pth"))
     assert len(saved) == 1 and f"saved {saved[0]} at the step boundary" in err
+    assert [x for x in err.splitlines() if not x.startswith("epoch ")] == [
+        f"videomae pretrain: {signal.Signals(sig).name}: saved {saved[0]} at the step boundary; continue with "
+        "--resume auto"]
     assert not (out / "model.pth").exists()
 
     resumed = run(pretrain_cmd(synth, out, "--epochs", "2", "--resume", "auto"))

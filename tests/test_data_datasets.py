@@ -5,6 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from videomae.constants import IMAGENET_MEAN, IMAGENET_STD
 from videomae.data import (
@@ -66,8 +67,13 @@ def test_repeated_sampling_item_and_flattened_batch(synth):
     clips, masks = ds[0]
     assert clips.shape == (3, 3, T, S, S) and masks.shape == (3, 16)
     assert not torch.equal(clips[0], clips[1]) and not torch.equal(clips[1], clips[2])
-    videos, batch_masks = next(iter(build_loader(ds, batch_size=2, seed=0)))
-    assert videos.shape == (6, 3, T, S, S) and batch_masks.shape == (6, 16)
+    loader = build_loader(ds, batch_size=2, seed=0)
+    first_two = list(loader.sampler)[:2]  # epoch 0's order
+    videos, ids = next(iter(loader))
+    assert videos.shape == (6, 3, T, S, S)
+    # The collate's TokenIds are the items' masks, video after video, clip after clip: 4 of 16 cubes visible.
+    assert type(ids).__name__ == "TokenIds" and ids.visible.shape == (6, 4) and ids.decoded.shape == (6, 12)
+    assert torch.equal(ids.mask(16), torch.cat([ds[i][1] for i in first_two]))
 
 
 def test_gpu_aug_path_matches_cpu_path(synth):
@@ -117,9 +123,10 @@ def test_distributed_sampler_partitions(synth):
 def test_decoder_masks(synth):
     ds = PretrainDataset(read_list(synth["train"]), num_frames=T, sampling_rate=2, input_size=S,
                          mask_fn=MaskGenerator("tube", 0.75, (4, 2, 2), decoder_mask_ratio=0.5), num_sample=2)
-    videos, (enc, dec) = next(iter(build_loader(ds, batch_size=2)))
-    assert videos.shape[0] == enc.shape[0] == dec.shape[0] == 4
-    assert (dec.sum(1) == 8).all()  # running cell at 0.5: half of the 16 tokens not decoded
+    videos, ids = next(iter(build_loader(ds, batch_size=2)))
+    assert videos.shape[0] == ids.visible.shape[0] == ids.decoded.shape[0] == 4
+    assert ids.decoded.shape[1] == 8  # running cell at 0.5: half of the 16 tokens decoded
+    assert ids.scored.shape == (4, 8) and ids.visible.shape == (4, 4)  # tube 0.75: 4 of 16 visible
 
 
 def test_segment_sampling_pretrain(synth):
@@ -192,3 +199,36 @@ def test_rawframe_folders_through_v2_list(tmp_path):
     assert ds.records[0].is_frame_folder
     clip, mask = ds[1]
     assert clip.shape == (3, 4, S, S) and mask.shape == (2 * 2 * 2,)
+
+
+class _HostReads(TorchDispatchMode):
+    """Records the ops that read a tensor on the host or make a data-dependent shape (a wait for a GPU)."""
+
+    SYNCING = {"_local_scalar_dense", "item", "is_nonzero", "nonzero", "masked_select"}
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.SYNCING:
+            self.found.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_documented_library_loop_does_not_wait_on_the_host(synth):
+    """`for videos, ids in loader: loss = model.forward_loss(videos, model(videos, ids), ids)` (the videomae.data
+    docs, the README's example, and what the CLI runs): the loader's TokenIds keep the step free of host reads;
+    the same batch with Bool masks would make the model read them (the check is shown to catch that)."""
+    import videomae
+
+    torch.manual_seed(0)
+    model = videomae.create_model("pretrain_videomae_tiny_patch16_224", num_frames=T, img_size=S)
+    videos, ids = next(iter(build_loader(pretrain(synth), batch_size=2, seed=0)))
+    with _HostReads() as reads:
+        model.forward_loss(videos, model(videos, ids), ids).backward()
+    assert not reads.found, reads.found
+    with _HostReads() as reads:
+        mask = ids.mask(16)
+        model(videos, mask)
+    assert reads.found  # a Bool mask is converted (and validated) inside: host reads

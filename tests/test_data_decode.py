@@ -54,7 +54,7 @@ def test_fallback_to_pyav_when_decord_fails(counter_video, monkeypatch):
             raise RuntimeError("decord cannot open this")
 
     monkeypatch.setattr(decode, "decord", object())  # pretend decord is installed
-    monkeypatch.setattr(decode, "DecordReader", Broken)
+    monkeypatch.setattr(decode.Decord, "open", Broken)
     (x,) = read_frames(counter_video, lambda n: [np.array([7])], backend="auto")
     assert levels(x) == [7]
 
@@ -140,14 +140,14 @@ def test_decord_random_access_equals_its_full_decode(gop_video):
 def test_seek_decode_skips_what_is_not_needed(gop_video, monkeypatch):
     path, full = gop_video
     decoded = []
-    original = decode.PyAVReader._decode_from_here
+    original = decode.PyAV._decode_from_here
 
     def counting(self, wanted):
         for frame in original(self, wanted):
             decoded.append(frame.pts)
             yield frame
 
-    monkeypatch.setattr(decode.PyAVReader, "_decode_from_here", counting)
+    monkeypatch.setattr(decode.PyAV, "_decode_from_here", counting)
     (clip,) = read_frames(path, lambda n: [np.arange(72, 88, 4)], backend="pyav")
     assert np.array_equal(clip, full[72:88:4])
     if "gop8" in path:  # starts at the keyframe at or before 72 (<= 8 frames early), drops unwanted B-frames

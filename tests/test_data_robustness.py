@@ -66,8 +66,8 @@ def test_summary_per_epoch_and_across_workers(data):
         warnings.simplefilter("ignore")
         for epoch in range(2):
             loader.set_epoch(epoch)
-            for videos, masks in loader:
-                assert videos.shape[0] == masks.shape[0]
+            for videos, ids in loader:
+                assert videos.shape[0] == ids.visible.shape[0]
     # 9 samples, 4 batches of 2 (drop_last): at least 4 of the 5 bad indices are drawn every epoch
     for epoch in range(2):
         summary = loader.skip_summary(epoch)

@@ -5,19 +5,37 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+
 from videomae import dispatch, info
 
+OPS = {"cube_embed", "decoder_input", "norm_pix_mse", "add_layer_norm"}
+ATTENTION = {"flash-attn", "sdpa-cudnn", "sdpa-flash", "sdpa-efficient", "xformers", "sdpa-math", "sdpa-default",
+             "eager"}
 
-def test_fused_ops_and_attention_come_from_the_dispatcher(monkeypatch):
+
+def test_fused_ops_report_each_op_on_each_backend_with_reasons(monkeypatch):
     monkeypatch.setenv("VIDEOMAE_BACKEND", "torch")
     monkeypatch.setitem(dispatch._SWITCH, "ops", None)
     ops = info.fused_ops()
     assert ops["switch"] == "torch" and ops["env"] == "VIDEOMAE_BACKEND"
-    assert ops["report"] == dispatch.backend_report("ops")
-    assert ops["report"]["cube_embed"]["torch"] == {"available": True, "reasons": []}
+    assert set(ops["report"]) == OPS
+    for op, per_backend in ops["report"].items():
+        assert set(per_backend) == {"cuda", "triton", "torch"}, op
+        assert per_backend["torch"] == {"available": True, "reasons": []}  # the eager path runs everywhere
+        for name, entry in per_backend.items():
+            assert bool(entry["reasons"]) != entry["available"], (op, name, entry)  # unavailable <=> a reason
+        if not torch.cuda.is_available():
+            assert per_backend["cuda"]["available"] is False
+
+
+def test_attention_report_lists_every_backend_and_auto_picks_a_runnable_one():
     attn = info.attention()
-    assert attn["env"] == "VIDEOMAE_ATTN" and set(attn["backends"]) == set(dispatch.registered("attention"))
-    assert attn["auto"]["decoder"] in dispatch.registered("attention")
+    assert attn["env"] == "VIDEOMAE_ATTN" and set(attn["backends"]) == ATTENTION
+    for role in ("encoder", "decoder"):
+        assert attn["backends"][attn["auto"][role]][role]["available"], role
+        assert attn["backends"]["eager"][role] == {"available": True, "reasons": []}
 
 
 def test_bad_env_var_is_reported_not_raised(monkeypatch):
@@ -28,18 +46,17 @@ def test_bad_env_var_is_reported_not_raised(monkeypatch):
     assert "switch invalid" in info.format_report({**info.collect(), "fused ops": ops})
 
 
-def test_fast_path_shows_the_trainers_switches(monkeypatch):
-    import types
-
-    base = info.collect()
-    report = {"config": {"precision": "bf16"}, "compile": "available", "attention": {"dropped": True}}
-    engine = types.SimpleNamespace(step_report=lambda: dict(report))
-    monkeypatch.setattr(info.importlib, "import_module", {"videomae.train.engine": engine}.__getitem__)
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the expected values are a CPU's")
+def test_fast_path_shows_the_step_switches_resolved_for_a_cpu():
     r = info.fast_path()
-    assert r == {"source": "videomae.train.engine.step_report", "config": {"precision": "bf16"},
-                 "compile": "available"}  # attention has its own section
-    text = info.format_report({**base, "fast path": r})
-    assert "bf16" in text and "compile here" in text
+    assert r["source"] == "videomae.train.step.step_report"
+    # The CLI's defaults on a CPU, written out: auto precision is fp32 there, and compile is off off CUDA.
+    assert r["config"] == {"precision": "fp32", "ops_backend": "auto", "attention": "auto", "fused_adamw": True,
+                           "compile": False, "compile_mode": None, "compile_backend": "inductor",
+                           "cuda_graphs": False, "checkpoint": False, "tf32": True}
+    assert "attention" not in r  # shown in its own section
+    text = info.format_report({**info.collect(), "fast path": r})
+    assert "fp32" in text and "compile here" in text
 
 
 def test_fast_path_missing_is_one_line(monkeypatch):

@@ -27,7 +27,10 @@ from videomae import ops
 from videomae.data.feed import DeviceFeed
 from videomae.data.gpu_aug import pad_frames
 from videomae.masking import running_cell_mask, token_ids, tube_mask
-from videomae.train.engine import Position, Precision, StepConfig, Trainer, make_optimizer, pretrain_objective
+from videomae.train.pretrain import pretrain_loss
+from videomae.train.recipe import Options, Recipe, Schedule
+from videomae.train.step import StepConfig
+from videomae.train.trainer import Trainer
 
 aten = torch.ops.aten
 # Ops whose output shape or host value depends on tensor data: each one is a device -> host wait.
@@ -111,25 +114,22 @@ def loader_batch(v2: bool, seed: int = 1):
     return frames, boxes, ids
 
 
-def make_trainer(config: StepConfig, precision: str, device: str = "cpu", objective=None, prepare=None):
+def make_trainer(config: StepConfig, precision: str, device: str = "cpu", loss=pretrain_loss, prepare=None):
     model = tiny_model().to(device)
-    config = config.resolve(torch.device(device))
-    opt = make_optimizer(model, lr=1e-3, config=config)
-    trainer = Trainer(model, opt, [1e-3], None, Precision(precision, torch.device(device)), config=config,
-                      max_skipped=0, prepare=prepare)
-    return model, trainer, objective or pretrain_objective(model, config)
+    trainer = Trainer(Recipe(model, loss, Schedule.constant(1e-3), prepare=prepare),
+                      Options(step=config.replace(precision=precision), max_skipped=0))
+    return model, trainer
 
 
-def recorded_step(config: StepConfig, precision: str, v2: bool, objective=None, feed: bool = False) -> SyncRecorder:
+def recorded_step(config: StepConfig, precision: str, v2: bool, loss=pretrain_loss, feed: bool = False) -> SyncRecorder:
     """One recorded step after a warm-up step; `feed`: the batch comes as the loader ships it, through the CLI's
     `prepare` (DeviceFeed), inside the recorded step."""
-    prepare = DeviceFeed("cpu", 32) if feed else None
-    model, trainer, objective = make_trainer(config, precision, objective=objective, prepare=prepare)
+    model, trainer = make_trainer(config, precision, loss=loss, prepare=DeviceFeed("cpu", 32) if feed else None)
     batch = loader_batch(v2) if feed else tiny_batch(v2)
-    trainer.step([batch], objective, Position(), flush=False)  # warm-up: lazy inits, optimizer state
+    trainer.step([batch], flush=False)  # warm-up: lazy inits, optimizer state
     recorder = SyncRecorder()
     with recorder, python_data_to_device_is_an_offense(recorder):
-        trainer.step([batch], objective, Position(), flush=False)
+        trainer.step([batch], flush=False)
     assert trainer.flush()[-1]["loss"] is not None  # read outside the recorded step
     return recorder
 
@@ -242,19 +242,21 @@ def test_the_eager_attention_reference_step_is_sync_free_too():
 def test_a_skipped_step_decides_on_the_device():
     """A NaN loss: the step records no sync, and fused AdamW leaves weights and moments untouched."""
     config = StepConfig(ops_backend="torch", precision="fp32")
-    model, trainer, objective = make_trainer(config, "fp32")
-    batch = tiny_batch(False)
-    trainer.step([batch], objective, Position())
+    poison = [False]
 
-    def poisoned(b):
-        loss, n = objective(b)
-        return loss * float("nan"), n
+    def loss(model, b):
+        return pretrain_loss(model, b) * (float("nan") if poison[0] else 1.0)
+
+    model, trainer = make_trainer(config, "fp32", loss=loss)
+    batch = tiny_batch(False)
+    trainer.step([batch])
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     moments = [s["exp_avg"].clone() for s in trainer.optimizer.state.values()]
+    poison[0] = True
     rec = SyncRecorder()
     with rec:
-        trainer.step([batch], poisoned, Position(), flush=False)
+        trainer.step([batch], flush=False)
     assert not rec.offenses, rec.offenses[0]
     assert trainer.flush()[-1]["skipped"] is True
     for n, p in model.named_parameters():
@@ -269,11 +271,9 @@ def test_a_skipped_step_decides_on_the_device():
 @pytest.mark.parametrize("plant", ["item", "float", "bool_index", "nonzero", "if_any"])
 def test_a_planted_sync_fails_the_check(plant):
     config = StepConfig(ops_backend="torch", precision="fp32")
-    model, _, _ = make_trainer(config, "fp32")
-    clean = pretrain_objective(model, config)
 
-    def objective(batch):
-        loss, n = clean(batch)
+    def planted(model, batch):
+        loss = pretrain_loss(model, batch)
         if plant == "item":
             loss.item()
         elif plant == "float":
@@ -284,9 +284,9 @@ def test_a_planted_sync_fails_the_check(plant):
             loss = loss + batch[1].visible.nonzero().sum() * 0
         elif plant == "if_any" and (batch[0] > 100).any():
             loss = loss * 2
-        return loss, n
+        return loss
 
-    rec = recorded_step(config, "fp32", v2=False, objective=objective)
+    rec = recorded_step(config, "fp32", v2=False, loss=planted)
     assert rec.offenses, f"planted {plant} went unnoticed"
 
 
@@ -296,18 +296,17 @@ def test_a_planted_sync_fails_the_check(plant):
 @pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
 def test_the_step_runs_under_cuda_sync_debug_mode_error(v2, feed):
     config = StepConfig(precision="bf16", compile=False)
-    model, trainer, objective = make_trainer(config, "bf16", device="cuda",
-                                             prepare=DeviceFeed("cuda", 32) if feed else None)
-    if feed:  # pinned uint8 crops, boxes and masks, copied and resized by the CLI's prepare inside the step
+    model, trainer = make_trainer(config, "bf16", device="cuda", prepare=DeviceFeed("cuda", 32) if feed else None)
+    if feed:  # pinned uint8 crops, boxes and ids, copied and resized by the CLI's prepare inside the step
         batch = loader_batch(v2)
     else:
         _, ids = tiny_batch(v2)  # masks come from the CPU collate; the clip is made on the GPU
         batch = (torch.randn(2, 3, 4, 32, 32, device="cuda"), ids.to("cuda"))
-    trainer.step([batch], objective, Position(), flush=False)  # warm-up: lazy inits, optimizer state
+    trainer.step([batch], flush=False)  # warm-up: lazy inits, optimizer state
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        trainer.step([batch], objective, Position(), flush=False)
+        trainer.step([batch], flush=False)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert trainer.flush()[-1]["loss"] is not None

@@ -47,6 +47,12 @@ def test_pretrain_writes_checkpoints_logs_plots_and_pictures(pretrained):
     names = {p.name for p in pretrained.iterdir()}
     assert {"checkpoint-1.pth", "model.pth", "model.safetensors", "steps.jsonl", "log.txt", "loss.png", "lr.png",
             "reconstruction.png", "reconstruction.gif", "args.json"} <= names
+    import hashlib
+
+    for name in ("checkpoint-1.pth", "model.pth", "model.safetensors"):  # each with its content hash
+        digest = hashlib.sha256((pretrained / name).read_bytes()).hexdigest()
+        assert (pretrained / f"{name}.sha256").read_text().split()[0] == digest, name
+    assert ".videomae.lock" not in names  # released at the end
     assert sorted(p.name for p in (pretrained / "preview").iterdir()) == ["epoch_0001.png", "epoch_0002.png"]
     steps = read_steps(pretrained)
     assert [r["step"] for r in steps] == list(range(1, 9))  # 8 videos / batch 2 = 4 steps x 2 epochs
@@ -90,6 +96,33 @@ def test_finetune_from_the_pretrained_checkpoint_then_evaluate(synth, pretrained
     assert set(report["per_class_top1"]) == set(report["class_names"])
     matrix = torch.tensor(report["confusion_matrix"])
     assert matrix.sum() == 4 and (ev / "confusion_matrix.png").stat().st_size > 0
+
+    # Another class count than the checkpoint's head is named as such, before anything runs.
+    code = cli.main(["evaluate", "--data_path", str(synth / "val.txt"), "--checkpoint", str(ft / "model.pth"),
+                     "--nb_classes", "5", "--output_dir", str(tmp_path / "ev5"), "--num_workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == (f"videomae evaluate: error: --nb_classes 5, but --checkpoint "
+                                         f"{ft / 'model.pth'} has a 8-class head: leave --nb_classes out (it is read "
+                                         "from the head) or give 8")
+    assert not (tmp_path / "ev5").exists()
+
+
+def test_finetune_says_at_the_start_what_it_goes_without(synth, pretrained, tmp_path, capsys):
+    """No --finetune (random weights) and a single list (no validation, no test): one line each, before the run."""
+    args = cli.parse(["finetune", "--data_path", str(synth / "train.txt"), "--output_dir", str(tmp_path / "ft"),
+                      "--epochs", "1", "--batch_size", "2", *TINY_VIT])
+    cli.check(args)
+    notes = [x for x in capsys.readouterr().out.splitlines() if x.startswith("note:")]
+    assert notes == ["note: no --finetune: the classifier starts from random weights (fine-tuning needs pretrained "
+                     "weights to match the paper's accuracy)",
+                     f"note: no validation per epoch and no final test: --data_path {synth / 'train.txt'} holds no "
+                     "val/test list (give a folder with train/val/test lists, or --eval_data_path)"]
+    # Pretrained weights and a folder with a val list (the test falls back to it): nothing to say.
+    args = cli.parse(["finetune", "--data_path", str(synth), "--finetune", str(pretrained / "model.pth"),
+                      "--output_dir", str(tmp_path / "ft2"), "--batch_size", "2", *TINY_VIT])
+    cli.check(args)
+    assert "note:" not in capsys.readouterr().out
+    assert not (tmp_path / "ft").exists() and not (tmp_path / "ft2").exists()  # checks alone change nothing
 
 
 def test_visualize_writes_png_and_gif(synth, pretrained, tmp_path, capsys):
@@ -269,6 +302,24 @@ def test_all_bad_files_stop_with_a_clear_error(synth, tmp_path):
     proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "unreadable" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists()  # it failed before its first step: no folder left behind
+
+
+def test_an_evaluation_that_fails_leaves_no_folder(synth, tmp_path, capsys):
+    import videomae
+
+    files = _bad_files(tmp_path, synth)
+    lst = tmp_path / "bad.txt"
+    lst.write_text("\n".join(f"{p} 0" for p in files.values()) + "\n")
+    weights = tmp_path / "classifier.pth"
+    videomae.save_checkpoint(videomae.create_model("vit_tiny_patch16_224", num_classes=2, img_size=32, num_frames=4),
+                             weights)
+    out = tmp_path / "ev"
+    code = cli.main(["evaluate", "--data_path", str(lst), "--checkpoint", str(weights), "--model",
+                     "vit_tiny_patch16_224", "--output_dir", str(out), "--test_num_segment", "1",
+                     "--test_num_crop", "1", *TINY_VIT[2:]])
+    assert code == 1 and "unreadable" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_the_demo_learns_the_normalized_target(tmp_path):

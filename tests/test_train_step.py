@@ -1,7 +1,7 @@
-"""The one training step (`videomae.train.engine.train_step`) on the CPU: every switch computes the step of the
-eager reference (within its precision), torch.compile traces forward + loss with no graph break and gives the
-eager step's loss and gradients, the loop reads its results lazily, and `videomae pretrain` and
-`bench/train_step.py` both run this very function."""
+"""The one training step (`videomae.train.step.train_step`, run by `Trainer`) on the CPU: every switch computes
+the step of the eager reference (within its precision), torch.compile traces forward + loss with no graph break and
+gives the eager step's loss and gradients, the loop reads its results lazily, and `videomae pretrain` and
+`bench/train_step.py` build the same trainer from the same loss and run this very step."""
 
 from __future__ import annotations
 
@@ -17,16 +17,13 @@ from torch import nn
 import videomae
 from videomae import dispatch
 from videomae.masking import running_cell_mask, token_ids, tube_mask
-from videomae.train import engine
-from videomae.train.engine import (
-    Position,
-    Precision,
-    StepConfig,
-    Trainer,
-    TrainingDiverged,
-    make_optimizer,
-    pretrain_objective,
-)
+from videomae.train import step as engine
+from videomae.train.logs import NullLog
+from videomae.train.pretrain import pretrain_loss
+from videomae.train.recipe import AdamW, Batches, Options, Recipe, Schedule
+from videomae.train.run import Run
+from videomae.train.step import StepConfig, TrainingDiverged, make_optimizer
+from videomae.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,14 +41,16 @@ def inputs(v2: bool = False, seed: int = 1):
     return videos, token_ids(mask, running_cell_mask(2, (2, 4, 4), 0.5, generator=g) if v2 else None)
 
 
+def pretrain_trainer(model: nn.Module, config: StepConfig, schedule: Schedule | None = None, **options) -> Trainer:
+    """The trainer of `videomae pretrain`'s loss on `model`, AdamW with the official groups, constant lr 1e-3."""
+    recipe = Recipe(model, pretrain_loss, schedule or Schedule.constant(1e-3), AdamW())
+    return Trainer(recipe, Options(step=config, **options))
+
+
 def one_step(config: StepConfig, v2: bool = False, seed: int = 0):
     """-> (loss, {name: grad}) of one Trainer step of the tiny model under `config`."""
     model = tiny(seed)
-    config = config.resolve(torch.device("cpu"))
-    engine.apply_config(model, config)
-    opt = make_optimizer(model, lr=1e-3, config=config)
-    trainer = Trainer(model, opt, [1e-3], None, Precision(config.precision, torch.device("cpu")), config=config)
-    row = trainer.step([inputs(v2)], pretrain_objective(model, config), Position())
+    row = pretrain_trainer(model, config).step([inputs(v2)])
     # The step leaves its gradients in .grad (the next step zeroes them first).
     return row["loss"], {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -143,10 +142,8 @@ def test_config_refuses_what_cannot_work():
         StepConfig(cuda_graphs=True, fused_adamw=False)
     with pytest.raises(ValueError, match="needs a CUDA device"):
         StepConfig(cuda_graphs=True).resolve(torch.device("cpu"))
-    model = tiny()
     with pytest.raises(ValueError, match="weight_decay_end"):
-        Trainer(model, make_optimizer(model, 1e-3), [1e-3], np.ones(1), Precision("fp32", torch.device("cpu")),
-                config=StepConfig(cuda_graphs=True))
+        pretrain_trainer(tiny(), StepConfig(cuda_graphs=True), Schedule(np.full(2, 1e-3), weight_decay=np.ones(2)))
 
 
 def test_cpu_defaults_and_cli_flags():
@@ -174,10 +171,17 @@ def test_switches_reach_model_and_optimizer():
     assert make_optimizer(model, 1e-3, config=cfg.replace(fused_adamw=False)).defaults["fused"] is None
 
 
-def test_report_shows_every_switch():
+# The CLI's defaults resolved for a CPU, written out: what `videomae info` and args.json must show on this machine.
+CPU_DEFAULTS = {"precision": "fp32", "ops_backend": "auto", "attention": "auto", "fused_adamw": True, "compile": False,
+                "compile_mode": None, "compile_backend": "inductor", "cuda_graphs": False, "checkpoint": False,
+                "tf32": True}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the expected values are a CPU's")
+def test_report_shows_every_switch_resolved_for_this_machine():
     r = engine.step_report()
-    assert set(StepConfig.__dataclass_fields__) == set(r["config"])
-    assert r["config"]["precision"] != "auto"  # resolved for this machine
+    assert r["config"] == CPU_DEFAULTS  # precision auto -> fp32 and compile None -> off, on a CPU
+    assert r["device"] == "cpu" and r["cuda_graphs"] == "needs CUDA"
     assert "backends" in r["attention"]
 
 
@@ -193,66 +197,69 @@ class _Toy(nn.Module):
         return self.lin(x)
 
 
-class _Rows:
+class _Rows(NullLog):
     def __init__(self):
         self.rows = []
 
     def step(self, row):
         self.rows.append(row)
 
-    def bar(self, *a):
-        from videomae.train.logs import NullLog
 
-        return NullLog().bar(*a)
-
-
-def _toy(log_interval: int, max_skipped: int = 0, precision: str = "fp32"):
+def _toy(log_interval: int, max_skipped: int = 0, precision: str = "fp32", poison=(), data=None):
+    """A linear model's trainer (lr 1e-2, no weight decay); steps whose number is in `poison` get a NaN loss; the
+    loss records how many rows were logged when each step began."""
     torch.manual_seed(0)
-    model = _Toy()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
-    log = _Rows()
-    trainer = Trainer(model, opt, np.full(100, 1e-2), None, Precision(precision, torch.device("cpu")),
-                      max_skipped=max_skipped, log=log, log_interval=log_interval)
-    return model, trainer, log
+    model, log, seen = _Toy(), _Rows(), []
+
+    def loss(m, batch):
+        seen.append(len(log.rows))
+        out = m(batch).square().mean()
+        return out * float("nan") if len(seen) in poison else out
+
+    steps = len(data) if data is not None else 100  # one epoch of the data
+    recipe = Recipe(model, loss, Schedule(np.full(steps, 1e-2)), AdamW(weight_decay=0.0), data=data)
+    options = Options(step=StepConfig(precision=precision), log_interval=log_interval, max_skipped=max_skipped)
+    return model, Trainer(recipe, options, Run.local("cpu", log)), log, seen
 
 
-def _objective(model, poison_steps=()):
-    calls = []
-
-    def fn(batch):
-        calls.append(1)
-        loss = model(batch).square().mean()
-        return (loss * float("nan") if len(calls) in poison_steps else loss), batch.shape[0]
-
-    return fn
-
-
-def test_rows_are_read_every_log_interval_steps_and_match_an_eager_read():
-    model, trainer, log = _toy(log_interval=3)
+def test_rows_are_read_every_log_interval_steps_and_at_the_epoch_end():
     x = torch.randn(8, 4)
-    batches = iter([x] * 5)
-    arrived = []
-
-    def after_step(pos):
-        arrived.append(len(log.rows))
-
-    trainer.run_epoch(batches, 5, _objective(model), Position(), after_step)
-    assert arrived == [0, 0, 3, 3, 3]  # read at step 3, then at the end of the epoch
+    _, trainer, log, seen = _toy(log_interval=3, data=Batches([[x] * 5]))
+    trainer.fit()
+    assert seen == [0, 0, 0, 3, 3]  # read after step 3, then at the end of the 5-step epoch
     assert [r["step"] for r in log.rows] == [1, 2, 3, 4, 5]
     # The same five steps, each read at once, give the same numbers.
-    model2, eager, _ = _toy(log_interval=1)
-    rows = [eager.step([x], _objective(model2), Position(0, i, i)) for i in range(5)]
+    _, eager, _, _ = _toy(log_interval=1)
+    rows = [eager.step([x]) for _ in range(5)]
     assert [r["loss"] for r in rows] == [r["loss"] for r in log.rows]
 
 
+def test_the_end_of_epoch_progress_line_has_every_field(capsys):
+    """Read every 100 steps, but the epoch's 5th and last step is read before its progress line: no blank field
+    (the line used to read `epoch 1/1  step 5/5    (1.48 steps/s)`)."""
+    import re
+
+    from videomae.train.logs import LineBar
+
+    class _Lines(_Rows):
+        def bar(self, total, initial, desc):
+            return LineBar(total, initial, desc)
+
+    _, trainer, _, _ = _toy(log_interval=100, data=Batches([[torch.randn(8, 4)] * 5]))
+    trainer.run.log = _Lines()
+    trainer.fit()
+    (line,) = capsys.readouterr().err.splitlines()
+    expected = r"epoch 1/1  step 5/5  loss \d\.\d{4}  lr 1\.00e-02  [\d.]+ clips/s  \([\d.]+ steps/s\)"
+    assert re.fullmatch(expected, line), line
+
+
 def test_divergence_is_noticed_at_the_next_read_and_skipped_steps_change_nothing():
-    model, trainer, log = _toy(log_interval=10, max_skipped=3)
+    model, trainer, log, _ = _toy(log_interval=10, max_skipped=3, poison=(2, 3, 4))
     x = torch.randn(8, 4)
-    trainer.step([x], _objective(model), Position())
+    trainer.step([x])
     before = [p.detach().clone() for p in model.parameters()]
-    pos = Position()
     for _ in range(3):
-        trainer.step([x], _objective(model, poison_steps=(1,)), pos, flush=False)  # no read, no raise yet
+        trainer.step([x], flush=False)  # no read, no raise yet
     for p, q in zip(model.parameters(), before):
         assert torch.equal(p, q), "fused AdamW must skip a non-finite step on the device"
     with pytest.raises(TrainingDiverged, match="3 optimizer steps in a row"):
@@ -260,47 +267,57 @@ def test_divergence_is_noticed_at_the_next_read_and_skipped_steps_change_nothing
     assert [r["skipped"] for r in log.rows] == [False, True, True, True]
 
 
-def test_guard_reads_pending_steps_before_answering():
-    model, trainer, _ = _toy(log_interval=100)
+def test_state_dict_counts_the_steps_not_yet_read():
+    _, trainer, _, _ = _toy(log_interval=100, poison=(1,))
     x = torch.randn(8, 4)
-    trainer.step([x], _objective(model, poison_steps=(1,)), Position(), flush=False)
-    assert trainer.pending and trainer.guard.total == 1 and not trainer.pending
+    trainer.step([x], flush=False)
+    trainer.step([x], flush=False)
+    state = trainer.state_dict()
+    assert state["skipped_steps"] == 1 and state["global_step"] == 2  # one poisoned step of two
+    assert state["epoch_sums"]["count"] == 1  # the good step's loss is in the epoch's sum, the skipped one is not
 
 
 def test_fp16_grad_scaler_with_fused_adamw():
-    model, trainer, log = _toy(log_interval=1, precision="fp16")
+    _, trainer, _, _ = _toy(log_interval=1, precision="fp16")
     trainer.precision.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
-    row = trainer.step([torch.randn(8, 4)], _objective(model), Position())
+    row = trainer.step([torch.randn(8, 4)])
     assert not row["skipped"] and row["loss_scale"] == 2.0**8
 
 
 # ---------------------------------------------------------------- one trainer
 
 
-def test_pretrain_command_and_benchmark_run_the_same_step_function(tmp_path, monkeypatch):
-    """Replace `engine.train_step` by a spy: a run of `videomae pretrain` and a benchmark rehearsal both call it."""
+def test_pretrain_command_and_benchmark_run_the_same_trainer_and_step(tmp_path, monkeypatch):
+    """Spies on `Trainer.__init__` and on the step function the trainer calls: a run of `videomae pretrain` and a
+    benchmark rehearsal both build a `Trainer` from `videomae pretrain`'s loss and run `train_step` through it."""
     pytest.importorskip("av", reason="the synthetic videos are written as mp4 (PyAV)")
     from videomae import cli
     from videomae.data.synth import write_synthetic_dataset
+    from videomae.train import trainer as trainer_module
 
-    calls = {"cli": 0, "bench": 0}
-    caller = []
-    original = engine.train_step
+    caller, steps, losses = [], {"cli": 0, "bench": 0}, {"cli": set(), "bench": set()}
+    step_fn, init = trainer_module.train_step, Trainer.__init__
 
-    def spy(*args, **kwargs):
-        calls[caller[-1]] += 1
-        return original(*args, **kwargs)
+    def spy_step(*args, **kwargs):
+        steps[caller[-1]] += 1
+        return step_fn(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "train_step", spy)
+    def spy_init(self, recipe, *args, **kwargs):
+        losses[caller[-1]].add(recipe.loss)
+        init(self, recipe, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_step", spy_step)
+    monkeypatch.setattr(Trainer, "__init__", spy_init)
     write_synthetic_dataset(tmp_path / "synth", num_train=4, num_val=2, num_frames=8, size=32, seed=0)
     caller.append("cli")
     code = cli.main(["pretrain", "--data_path", str(tmp_path / "synth" / "train.txt"), "--output_dir",
                      str(tmp_path / "run"), "--model", "pretrain_videomae_tiny_patch16_224", "--input_size", "32",
                      "--num_frames", "4", "--sampling_rate", "2", "--mask_ratio", "0.5", "--batch_size", "2",
                      "--num_workers", "0", "--epochs", "1", "--max_steps", "1", "--no_tensorboard", "--no_preview"])
-    assert code == 0 and calls["cli"] == 1
+    assert code == 0 and steps["cli"] == 1 and losses["cli"] == {pretrain_loss}
     switches = json.loads((tmp_path / "run" / "args.json").read_text())["step"]  # each switch, as it ran
-    assert set(switches) == set(StepConfig.__dataclass_fields__) and switches["precision"] == "fp32"
+    if not torch.cuda.is_available():
+        assert switches == CPU_DEFAULTS
     sys.path.insert(0, str(ROOT))
     try:
         from bench import train_step as bench
@@ -309,7 +326,8 @@ def test_pretrain_command_and_benchmark_run_the_same_step_function(tmp_path, mon
     caller.append("bench")
     rows = bench.main(["--rehearse", "--peers", "fast", "--out", str(tmp_path / "bench")])
     assert rows[0]["status"] == "ok", rows[0]["status"]
-    assert calls["bench"] == 3  # rehearsal: 1 warm-up + 2 timed steps
+    assert steps["bench"] == 3  # rehearsal: 1 warm-up + 2 timed steps
+    assert losses["bench"] == {pretrain_loss}
 
 
 # ---------------------------------------------------------------- on the GPU
@@ -320,17 +338,12 @@ def _cuda_steps(config: StepConfig, steps: int = 3):
     torch.manual_seed(0)
     device = torch.device("cuda")
     model = tiny().to(device)
-    config = config.resolve(device)
-    engine.apply_config(model, config)
-    opt = make_optimizer(model, lr=1e-3, config=config)
-    trainer = Trainer(model, opt, np.full(10, 1e-3), None, Precision(config.precision, device), config=config)
-    objective = pretrain_objective(model, config)
+    trainer = pretrain_trainer(model, config, Schedule(np.full(10, 1e-3)))
     g = torch.Generator(device).manual_seed(1)
     _, ids = inputs(True)  # the masks come from the CPU collate, as in training
     batches = [(torch.randn(2, 3, 4, 64, 64, device=device, generator=g), ids.to(device)) for _ in range(steps)]
-    pos = Position()
     for b in batches:
-        trainer.step([b], objective, pos, flush=False)
+        trainer.step([b], flush=False)
     return [r["loss"] for r in trainer.flush()], {n: p.detach().clone() for n, p in model.named_parameters()}
 
 

@@ -11,12 +11,14 @@ import torch
 from torch import nn
 
 import videomae
+from videomae import integrity
+from videomae.data.loader import EpochSampler
 from videomae.train import state as ckpt
-from videomae.train.data import EpochSampler
-from videomae.train.distributed import DistInfo
-from videomae.train.engine import Position, Precision, StepGuard, Trainer, TrainingDiverged
-from videomae.train.optim import build_optimizer, param_groups
+from videomae.train.optim import param_groups
+from videomae.train.recipe import AdamW, Options, Recipe, Schedule
 from videomae.train.schedule import cosine_schedule, scaled_lr
+from videomae.train.step import StepConfig, StepGuard, TrainingDiverged
+from videomae.train.trainer import Trainer
 
 # ---------------------------------------------------------------- schedule
 
@@ -137,11 +139,17 @@ def test_without_layer_decay_the_official_two_groups_in_order_of_first_appearanc
 
 def test_optimizer_applies_group_lr_scale_through_the_schedule():
     model = _tiny_vit()
-    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999), layer_decay=0.5)
-    trainer = Trainer(model, opt, np.array([2e-3]), None, Precision("fp32", torch.device("cpu")))
-    trainer._set_schedule(0)
-    for g in opt.param_groups:
-        assert g["lr"] == pytest.approx(2e-3 * g["lr_scale"])
+    videos, labels = torch.randn(2, 3, 4, 32, 32), torch.tensor([1, 3])
+    loss = lambda m, batch: torch.nn.functional.cross_entropy(m(batch[0]), batch[1])  # noqa: E731
+    recipe = Recipe(model, loss, Schedule(np.array([2e-3, 4e-3])), AdamW(0.05, (0.9, 0.999), layer_decay=0.5))
+    trainer = Trainer(recipe)
+    opt = trainer.optimizer
+    for lr in (2e-3, 4e-3):
+        assert trainer.step([(videos, labels)])["lr"] == lr
+        depth = len(model.blocks)  # the head's group (layer id depth + 1) gets the lr itself, the patch embedding
+        for g in opt.param_groups:  # (id 0) 0.5 ** (depth + 1) of it
+            assert g["lr"] == pytest.approx(lr * g["lr_scale"])
+        assert {g["lr_scale"] for g in opt.param_groups} == {0.5 ** (depth + 1 - i) for i in range(depth + 2)}
     assert opt.defaults["betas"] == (0.9, 0.999)
 
 
@@ -157,61 +165,61 @@ class _Toy(nn.Module):
         return self.lin(x)
 
 
-def _toy_trainer(precision: str, max_skipped: int):
+def _toy_trainer(precision: str, max_skipped: int, micro: int = 1):
+    """A linear model; its loss is NaN while `poison[0]` is set."""
     torch.manual_seed(0)
-    model = _Toy()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    trainer = Trainer(model, opt, np.full(100, 1e-2), None, Precision(precision, torch.device("cpu")),
-                      max_skipped=max_skipped)
+    model, poison = _Toy(), [False]
+
+    def loss(m, batch):
+        out = m(batch).square().mean()
+        return out * float("nan") if poison[0] else out
+
+    recipe = Recipe(model, loss, Schedule(np.full(100, 1e-2)), AdamW(weight_decay=0.0), accum_iter=micro)
+    trainer = Trainer(recipe, Options(step=StepConfig(precision=precision, fused_adamw=False),
+                                      max_skipped=max_skipped))
     if trainer.precision.scaler is not None:  # the default 2**16 overflows this toy's fp16 gradients at once
         trainer.precision.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
-    return model, trainer
-
-
-def _loss_fn(model, poison: bool):
-    def fn(batch):
-        out = model(batch).square().mean()
-        return (out * float("nan") if poison else out), batch.shape[0]
-    return fn
+    return model, trainer, poison
 
 
 @pytest.mark.parametrize("precision", ["fp16", "fp32"])
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(precision):
-    model, trainer = _toy_trainer(precision, max_skipped=3)
+    model, trainer, poison = _toy_trainer(precision, max_skipped=3)
     x = torch.randn(8, 4)
-    pos = Position()
-    row = trainer.step([x], _loss_fn(model, False), pos)
+    row = trainer.step([x])
     assert not row["skipped"]
     before = [p.detach().clone() for p in model.parameters()]
+    poison[0] = True
     for _ in range(2):
-        row = trainer.step([x], _loss_fn(model, True), pos)
+        row = trainer.step([x])
         assert row["skipped"] and row["loss"] is None
     for p, q in zip(model.parameters(), before):
         assert torch.equal(p, q), "a skipped step must leave the weights untouched"
     assert trainer.guard.total == 2 and trainer.guard.in_a_row == 2
     with pytest.raises(TrainingDiverged, match="3 optimizer steps in a row"):
-        trainer.step([x], _loss_fn(model, True), pos)
+        trainer.step([x])
 
 
 def test_a_good_step_resets_the_consecutive_count():
-    model, trainer = _toy_trainer("fp32", max_skipped=2)
-    x, pos = torch.randn(8, 4), Position()
-    for poison in (True, False, True, False):
-        trainer.step([x], _loss_fn(model, poison), pos)
+    _, trainer, poison = _toy_trainer("fp32", max_skipped=2)
+    x = torch.randn(8, 4)
+    for bad in (True, False, True, False):
+        poison[0] = bad
+        trainer.step([x])
     assert trainer.guard.total == 2 and trainer.guard.in_a_row == 0
 
 
 def test_fp16_scaler_state_is_used_on_cpu():
-    model, trainer = _toy_trainer("fp16", max_skipped=0)
+    _, trainer, _ = _toy_trainer("fp16", max_skipped=0)
     assert trainer.precision.scaler is not None
-    row = trainer.step([torch.randn(8, 4)], _loss_fn(model, False), Position())
-    assert row["loss_scale"] > 0
+    row = trainer.step([torch.randn(8, 4)])
+    assert row["loss_scale"] == 2.0**8
 
 
 def test_step_guard_zero_never_stops():
     guard = StepGuard(0)
-    for _ in range(50):
-        guard.update(True, Position(), "fp32")
+    for step in range(50):
+        guard.update(True, 0, step, "fp32")
     assert guard.total == 50
 
 
@@ -222,9 +230,8 @@ def test_accumulation_equals_one_big_batch():
     x = torch.randn(8, 4)
     results = []
     for micro in ([x], [x[:4], x[4:]]):
-        model, trainer = _toy_trainer("fp32", max_skipped=5)
-        trainer.accum_iter = len(micro)
-        trainer.step(micro, _loss_fn(model, False), Position())
+        model, trainer, _ = _toy_trainer("fp32", max_skipped=5, micro=len(micro))
+        trainer.step(micro)
         results.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
@@ -234,24 +241,27 @@ def test_accumulation_equals_one_big_batch():
 
 
 def test_epoch_order_is_a_pure_function_of_seed_and_epoch_and_skip_resumes_it():
-    s = EpochSampler(23, DistInfo(), seed=3)
-    s.set_position(4)
+    s = EpochSampler(23, seed=3)
+    s.set_epoch(4)
     full = list(s)
-    again = EpochSampler(23, DistInfo(), seed=3)
-    again.set_position(4, skip=10)
+    # DistributedSampler's rule, written out: a permutation from a generator seeded with seed + epoch
+    assert full == torch.randperm(23, generator=torch.Generator().manual_seed(3 + 4)).tolist()
+    again = EpochSampler(23, seed=3)
+    again.set_epoch(4, skip=10)
     assert list(again) == full[10:] and len(again) == 13
-    s.set_position(5)
+    s.set_epoch(5)
     assert list(s) != full and sorted(s) == list(range(23))
 
 
 def test_ranks_partition_the_padded_epoch():
     shards = []
     for rank in range(3):
-        s = EpochSampler(10, DistInfo(rank, 3), seed=0)
-        s.set_position(1)
+        s = EpochSampler(10, rank=rank, world_size=3, shuffle=False)
+        s.set_epoch(1)
         shards.append(list(s))
-    assert all(len(x) == 4 for x in shards)
-    assert set(sum(shards, [])) == set(range(10))
+    # 10 indices over 3 ranks: padded by wrap-around to 12, then rank::3
+    assert shards == [[0, 3, 6, 9], [1, 4, 7, 0], [2, 5, 8, 1]]
+    assert [EpochSampler(10, rank=r, world_size=3).real for r in range(3)] == [4, 3, 3]  # not padding
 
 
 # ---------------------------------------------------------------- checkpoint files
@@ -270,14 +280,119 @@ def test_checkpoint_order_latest_and_prune(tmp_path):
     assert (tmp_path / "model.pth").exists()
 
 
-def test_atomic_save_leaves_no_temporary_file_and_loads_weights_only(tmp_path):
+def _train_state() -> dict:
+    """A complete TrainState (`read` refuses files that lack what a resume needs)."""
+    return {"format": ckpt.FORMAT, "rng": ckpt.rng_state(), "x": torch.arange(3), "model": {}, "optimizer": {},
+            "next_epoch": 0, "next_step": 0, "global_step": 0, "args": {}}
+
+
+def test_atomic_save_leaves_no_temporary_file_hashes_the_file_and_loads_weights_only(tmp_path):
+    import hashlib
+
     path = tmp_path / "c.pth"
-    # A complete TrainState (`read` refuses files that lack what a resume needs).
-    ckpt.atomic_save({"format": ckpt.FORMAT, "rng": ckpt.rng_state(), "x": torch.arange(3), "model": {},
-                      "optimizer": {}, "next_epoch": 0, "next_step": 0, "global_step": 0, "args": {}}, path)
-    assert [p.name for p in tmp_path.iterdir()] == ["c.pth"]
+    ckpt.atomic_save(_train_state(), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pth", "c.pth.sha256"]
+    assert (tmp_path / "c.pth.sha256").read_text().split()[0] == hashlib.sha256(path.read_bytes()).hexdigest()
     state = ckpt.read(path)
     assert torch.equal(state["x"], torch.arange(3))
+
+
+def test_a_checkpoint_changed_after_it_was_written_is_refused_naming_it(tmp_path):
+    path = tmp_path / "checkpoint-0.pth"
+    ckpt.atomic_save(_train_state(), path)
+    data = bytearray(path.read_bytes())
+    data[-200:-100] = bytes(100)  # a hundred bytes zeroed inside the zip's records: torch.load may still succeed
+    path.write_bytes(bytes(data))
+    with pytest.raises(ckpt.UnreadableCheckpoint, match=r"checkpoint-0\.pth: content does not match"):
+        ckpt.read(path)
+    newer = tmp_path / "checkpoint-1.pth"
+    ckpt.atomic_save(_train_state(), newer)
+    newer.write_bytes(newer.read_bytes()[:-1] + b"x")
+    older = tmp_path / "checkpoint-0-step1.pth"  # sorts before checkpoint-0.pth: the newest valid is this one
+    ckpt.atomic_save(_train_state(), older)
+    found, skipped = ckpt.newest_valid(tmp_path)
+    assert found == older and [p.name for p, _ in skipped] == ["checkpoint-1.pth", "checkpoint-0.pth"]
+
+
+def test_a_failed_write_is_one_line_naming_the_path_and_keeps_the_earlier_file(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "checkpoint-0.pth"
+    ckpt.atomic_save(_train_state(), path)
+    before = path.read_bytes()
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt.torch, "save", full_disk)
+    with pytest.raises(ckpt.WriteFailed) as err:
+        ckpt.atomic_save(_train_state(), path)
+    assert str(err.value) == (f"cannot write {path}: No space left on device; the earlier files in its folder are "
+                              "unchanged")
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name,
+                                                                                            path.name + ".sha256"]
+
+
+def test_torchs_failed_write_on_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
+    """torch's zip writer raises RuntimeError without the errno: a full disk is told by the free space."""
+    def cut(obj, f, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(ckpt.torch, "save", cut)
+    monkeypatch.setattr(integrity.shutil, "disk_usage", lambda p: type("U", (), {"free": 0})())
+    with pytest.raises(ckpt.WriteFailed, match="No space left on device"):
+        ckpt.atomic_save({}, tmp_path / "c.pth")
+    assert not list(tmp_path.iterdir())
+
+
+def test_stale_temporary_files_are_removed_but_not_this_processs(tmp_path):
+    import os
+
+    stale = [tmp_path / ".checkpoint-3.pth.tmp-999999", tmp_path / "checkpoint-3.pth.sha256.tmp"]
+    mine = tmp_path / f".checkpoint-4.pth.tmp-{os.getpid()}"
+    keep = [tmp_path / "checkpoint-2.pth", tmp_path / "notes.tmp-1"]
+    for p in [*stale, mine, *keep]:
+        p.write_bytes(b"x")
+    assert sorted(ckpt.remove_temporaries(tmp_path)) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in [mine, *keep])
+
+
+# ---------------------------------------------------------------- the run folder's lock
+
+
+def test_a_held_lock_refuses_naming_its_holder_and_a_released_one_is_taken(tmp_path):
+    import os
+    import socket
+
+    from videomae.train import lock
+
+    held = lock.RunLock.acquire(tmp_path)
+    assert lock.holder(tmp_path)["pid"] == os.getpid()
+    with pytest.raises(lock.FolderInUse, match=f"in use by pid {os.getpid()} on {socket.gethostname()}"):
+        lock.RunLock.acquire(tmp_path)
+    held.release()
+    assert lock.holder(tmp_path) is None and not (tmp_path / lock.NAME).exists()
+    again = lock.RunLock.acquire(tmp_path)
+    assert again.previous is None
+    again.release()
+
+
+def test_the_lock_of_a_process_that_is_gone_is_taken_over(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from videomae.train import lock
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)  # its flock went with it; the file stays, as after a SIGKILL
+    (tmp_path / lock.NAME).write_text(json.dumps({"pid": dead_pid, "host": "h", "started": "then"}))
+    assert lock.holder(tmp_path) is None
+    taken = lock.RunLock.acquire(tmp_path)
+    assert taken.previous["pid"] == dead_pid
+    taken.release()
 
 
 def test_rng_state_roundtrip():
@@ -302,28 +417,28 @@ def test_reading_a_foreign_file_as_resumable_checkpoint_is_a_clear_error(tmp_pat
 
 
 def test_resolve_precision_defaults():
-    from videomae.train.engine import resolve_precision
+    from videomae.train.step import resolve_precision
 
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert resolve_precision("fp16", torch.device("cpu")) == "fp16"
 
 
 def test_bf16_autocast_step_on_a_pretraining_model_keeps_fp32_weights_and_loss():
+    from videomae.train.pretrain import pretrain_loss
+
     torch.manual_seed(0)
     model = _tiny_pretrain()
-    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05)
-    trainer = Trainer(model, opt, np.full(10, 1e-3), None, Precision("bf16", torch.device("cpu")))
     videos = torch.randn(2, 3, 4, 32, 32)
     ids = videomae.masking.token_ids(videomae.masking.tube_mask(2, (2, 2, 2), 0.5))
 
-    def loss_fn(batch):
-        v, m = batch
-        pred = model(v, m)
+    def loss(m, batch):
+        pred = m(*batch)
         assert pred.dtype == torch.bfloat16  # the blocks ran under autocast
-        return model.forward_loss(v, pred, m), v.shape[0]
+        return pretrain_loss(m, batch)
 
+    trainer = Trainer(Recipe(model, loss, Schedule.constant(1e-3)), Options(step=StepConfig(precision="bf16")))
     before = model.encoder.blocks[0].attn.qkv.weight.detach().clone()
-    row = trainer.step([(videos, ids)], loss_fn, Position())
+    row = trainer.step([(videos, ids)])
     assert not row["skipped"] and math.isfinite(row["loss"])
     weight = model.encoder.blocks[0].attn.qkv.weight
     assert weight.dtype == torch.float32 and not torch.equal(weight, before)
@@ -340,7 +455,7 @@ def test_collate_turns_masks_into_token_ids():
     from videomae.data.datasets import ClipCollate
 
     mask = torch.tensor([[True, False, True, False], [False, False, True, True]])
-    videos, ids = ClipCollate(token_ids=True)(_items(list(mask)))
+    videos, ids = ClipCollate()(_items(list(mask)))
     assert videos.shape == (2, 3, 2, 4, 4) and videos[1].eq(1).all()
     assert ids.visible.tolist() == [[1, 3], [0, 1]] and ids.decoded.tolist() == [[0, 2], [2, 3]]
     assert ids.scored is None and ids.visible.dtype == torch.int64
@@ -352,7 +467,7 @@ def test_collate_v2_masks_and_repeated_samples():
     enc = torch.tensor([[True, False, True, False], [True, True, False, False]])  # 2 clips of one video
     dec = torch.tensor([[False, True, True, False], [True, False, False, True]])  # True = not decoded
     item = (torch.zeros(2, 3, 2, 4, 4), (enc, dec))
-    videos, ids = ClipCollate(repeated=True, token_ids=True)([item, item])
+    videos, ids = ClipCollate(repeated=True)([item, item])
     assert videos.shape[0] == 4
     # decoded = ~dec in raster order; scored = those the encoder also hid
     assert ids.decoded.tolist() == [[0, 3], [1, 2]] * 2
@@ -365,7 +480,7 @@ def test_collate_names_a_mask_with_unequal_counts():
 
     bad = [torch.tensor([True, False, False, False]), torch.tensor([True, True, False, False])]
     with pytest.raises(ValueError, match="mask must mask the same number of tokens"):
-        ClipCollate(token_ids=True)(_items(bad))
+        ClipCollate()(_items(bad))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
@@ -375,6 +490,6 @@ def test_loader_pins_token_ids():
     from videomae.data.datasets import ClipCollate
 
     items = _items([torch.tensor([True, False, True, False])] * 4)
-    loader = DataLoader(items, batch_size=2, collate_fn=ClipCollate(token_ids=True), pin_memory=True)
+    loader = DataLoader(items, batch_size=2, collate_fn=ClipCollate(), pin_memory=True)
     _, ids = next(iter(loader))
     assert type(ids).__name__ == "TokenIds" and ids.visible.is_pinned() and ids.scored is None

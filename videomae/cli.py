@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 def _one_line(err: Exception) -> str | None:
     """Errors that describe the user's input, data or storage rather than a bug in videomae."""
     from videomae.integrity import STORAGE_ERRNOS, storage_error
-    from videomae.train.engine import TrainingDiverged
+    from videomae.train.step import TrainingDiverged
 
     if isinstance(err, FileNotFoundError | TrainingDiverged):
         return str(err)
@@ -238,6 +238,8 @@ def _one_line(err: Exception) -> str | None:
     if storage is not None and storage.errno in STORAGE_ERRNOS:  # disk full, read-only, permission
         where = storage.filename or "the output folder"
         return str(storage) if type(storage).__str__ is not OSError.__str__ else f"{where}: {storage.strerror}"
+    if isinstance(err, OSError) and err.filename is not None:  # any other failed read or write: the path and why
+        return str(err)
     if isinstance(err, ValueError) and not isinstance(err, UnicodeError):
         return str(err)
     if isinstance(err, RuntimeError) and "unreadable" in str(err):

@@ -145,7 +145,7 @@ def attention() -> dict:
         return {"error": f"attention backend report failed: {type(e).__name__}: {e}"}
 
 
-STEP_REPORT = ("videomae.train.engine", "step_report")  # imported only here: `info` must not need the trainer
+STEP_REPORT = ("videomae.train.step", "step_report")  # imported only here: `info` must not need the trainer
 
 
 def fast_path() -> dict:

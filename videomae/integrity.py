@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -31,7 +32,7 @@ class WriteFailed(OSError):
     """A file could not be written (disk full, read-only, permission): one line naming it; nothing was replaced."""
 
     def __str__(self) -> str:
-        return f"cannot write {self.filename}: {self.strerror}; nothing there was replaced"
+        return f"cannot write {self.filename}: {self.strerror}; the earlier files in its folder are unchanged"
 
 
 # The errors of the place written to, not of the program: named in one line (videomae.cli prints them so).
@@ -62,19 +63,29 @@ def write_digest(path: str | os.PathLike) -> Path:
     return side
 
 
-def storage_error(err: BaseException) -> OSError | None:
-    """The OSError behind `err` (itself, or what torch's writer wrapped in a RuntimeError), else None."""
-    seen = set()
+def storage_error(err: BaseException, path: str | os.PathLike | None = None) -> OSError | None:
+    """The OSError behind `err` (itself, or one it wraps), else None. torch's zip writer and safetensors report a
+    failed write(2) as their own errors without the errno: those become ENOSPC when the disk of `path` is (nearly)
+    full, else EIO."""
+    seen, first = set(), err
     while err is not None and id(err) not in seen:
         if isinstance(err, OSError) and err.errno is not None:
             return err
         seen.add(id(err))
         err = err.__cause__ or err.__context__
+    text = str(first)
+    if path is not None and ("PytorchStreamWriter" in text or "unexpected pos" in text or "code: 28" in text
+                             or type(first).__name__ == "SafetensorError"):
+        full = "code: 28" in text or shutil.disk_usage(Path(path).parent).free < 1 << 20
+        code = errno.ENOSPC if full else errno.EIO
+        return OSError(code, os.strerror(code), str(path))
     return None
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None], sidecar_too: bool = True) -> Path:
-    """`write(f)` into a temporary file beside `path`, then rename it over `path` and (sidecar_too) record its hash.
+    """`write(f)` into a temporary file beside `path` (`.NAME.tmp-PID`), fsync, rename it over `path`, fsync the
+    folder, then (sidecar_too) record its hash. A kill at any moment leaves the old file or the complete new one (and
+    a stale temporary file, which `videomae.train.state.remove_temporaries` clears).
 
     The old sidecar is removed before the rename, so an interruption leaves a file without a hash (read as it is),
     never a file whose hash is another's. Raises WriteFailed (one line) when the storage refuses."""
@@ -92,6 +103,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None], sid
                 f.write(f"{digest(tmp)}  {path.name}\n")
             side.unlink(missing_ok=True)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
         if sidecar_too:
             os.replace(side_tmp, side)
     except BaseException as err:
@@ -100,11 +112,25 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None], sid
                 leftover.unlink(missing_ok=True)
             except OSError:
                 pass
-        cause = storage_error(err)
-        if cause is None:
+        cause = storage_error(err, path)
+        if cause is None or isinstance(err, KeyboardInterrupt):
             raise
-        raise WriteFailed(cause.errno, cause.strerror or os.strerror(cause.errno), str(path)) from err
+        raise WriteFailed(cause.errno, cause.strerror or os.strerror(cause.errno), str(path)) from None
     return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable (POSIX: the folder's entry is data of its own); a no-op where folders cannot open."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def verify(path: str | os.PathLike) -> bool:

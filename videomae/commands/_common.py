@@ -120,7 +120,7 @@ def add_common(p, training: bool = True, output_dir: str = "runs/pretrain"):
     flag(g, "--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
          help="auto: bf16 autocast on GPU, fp32 on CPU; fp16 uses a GradScaler")
     switch(g, "--compile", None, "torch.compile(fullgraph) of forward + loss (default: on for CUDA pretraining)")
-    if training:  # the training step's switches (videomae.train.engine.StepConfig; shown in args.json "step")
+    if training:  # the training step's switches (videomae.train.step.StepConfig; shown in args.json "step")
         flag(g, "--cuda_graphs", action="store_true", help="capture the whole step in one CUDA graph (fixed "
              "shapes; bf16/fp32, no --weight_decay_end)")
         flag(g, "--attention", default="auto", help="attention backend (auto picks per shape; see videomae info)")

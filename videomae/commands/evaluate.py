@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from videomae.commands import _common as c
-from videomae.commands import runs
+import videomae.commands._common as c
+import videomae.commands.runs as runs
 
 NAME = "evaluate"
 HELP = "multi-view evaluation: top-1/top-5, per-class accuracy, confusion matrix"
@@ -30,16 +30,23 @@ def check(args) -> None:
     c.check_model(args, "vit")
     c.check_geometry(args, c.model_patch_size(args.model))
     c.check_positive(args, "batch_size", "test_num_segment", "test_num_crop", "nb_classes")
-    from videomae.train.finetune import split_list
+    from videomae.train.classifier import split_list
 
     try:
         c.check_list(args, split_list(args.data_path, "test"))
     except FileNotFoundError as err:
         c.fail(args, str(err))
+    if args.nb_classes is not None:
+        from videomae.train.evaluate import head_classes
+
+        head = head_classes(args.checkpoint)
+        if head is not None and head != args.nb_classes:
+            c.fail(args, f"--nb_classes {args.nb_classes}, but --checkpoint {args.checkpoint} has a {head}-class head: "
+                   f"leave --nb_classes out (it is read from the head) or give {head}")
 
 
 def run(args) -> int:
-    from videomae.train.finetune import run_evaluation
+    from videomae.train.evaluate import run_evaluation
 
     args.drop_rate = args.attn_drop_rate = 0.0
     run_evaluation(args)

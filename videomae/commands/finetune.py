@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from videomae.commands import _common as c
-from videomae.commands import official, runs
+import videomae.commands._common as c
+import videomae.commands.official as official
+import videomae.commands.runs as runs
 
 NAME = "finetune"
 HELP = "fine-tune a classifier from pretrained weights"
@@ -44,7 +45,7 @@ def check(args) -> None:
     c.check_data_path(args)
     if args.finetune is not None:
         runs.check_weights(args, "finetune")
-    from videomae.train.finetune import split_list
+    from videomae.train.classifier import split_list
 
     try:
         train_list = split_list(args.data_path, "train")
@@ -61,16 +62,35 @@ def check(args) -> None:
         return
     runs.steps_check(args, len(records))
     if args.finetune is not None:
-        from videomae.train.finetune import build_classifier
+        from videomae.train.classifier import build_classifier
 
         runs.check_fits(args, "finetune", lambda: build_classifier(args, args.nb_classes or 2, args.finetune))
     runs.check_run_folder(args)
+    _say_what_is_missing(args)
+
+
+def _say_what_is_missing(args) -> None:
+    """No silent defaults: a start from random weights, and a run without validation or test, say so at the start."""
+    from videomae.train.classifier import optional_list
+
+    if args.finetune is None and getattr(args, "resume_from", None) is None:
+        c.say("note: no --finetune: the classifier starts from random weights (fine-tuning needs pretrained "
+              "weights to match the paper's accuracy)")
+    try:
+        val, test = optional_list(args, "val"), optional_list(args, "test")
+    except FileNotFoundError:
+        return  # an --eval_data_path without its list: the run names it
+    if val is None and test is None:
+        c.say(f"note: no validation per epoch and no final test: --data_path {args.data_path} holds no val/test list "
+              "(give a folder with train/val/test lists, or --eval_data_path)")
+    elif val is None:
+        c.say("note: no validation per epoch (--disable_eval_during_finetuning); the final test runs")
 
 
 def run(args) -> int:
     if getattr(args, "eval_only", False) or getattr(args, "validation_only", False):
         # Official `--eval` / `--validation`: evaluate the given weights instead of training.
-        from videomae.train.finetune import run_evaluation
+        from videomae.train.evaluate import run_evaluation
 
         args.checkpoint = args.resume or args.finetune
         args.eval_split = "test" if getattr(args, "eval_only", False) else "val"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from videomae.commands import _common as c
-from videomae.commands import official, runs
+import videomae.commands._common as c
+import videomae.commands.official as official
+import videomae.commands.runs as runs
+from videomae.data.loader import default_cache_dir as cache_dir  # noqa: F401 - also cli.cache_dir: one function
 from videomae.data.transforms import PRETRAIN_SCALES
 from videomae.masking import MASK_TYPES
 
@@ -102,10 +104,6 @@ def run(args) -> int:
 
     train(args)
     return 0
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("VIDEOMAE_CACHE") or Path.home() / ".cache" / "videomae")
 
 
 def _is_main_rank() -> bool:

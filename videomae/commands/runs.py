@@ -9,12 +9,19 @@ from videomae.commands._common import fail, say
 
 
 def check_run_folder(args) -> None:
-    """A used --output_dir needs --resume or --overwrite. --resume auto takes the newest *valid* TrainState
-    (saying which, and which newer ones it skipped); a resume must keep the model and input geometry and
-    states any change of schedule. Sets `args.resume_from` (None: a new run)."""
-    from videomae.train import state
+    """A folder another live run holds is refused, naming it. A used --output_dir needs --resume or --overwrite.
+    --resume auto takes the newest *valid* checkpoint (saying which, and which newer ones it skipped), or starts a
+    new run where none was saved yet (a run killed before its first checkpoint leaves only its logs); a folder whose
+    checkpoints are all unreadable, or that holds exported weights, is not started over without --overwrite. A
+    resume must keep the model and input geometry and states any change of schedule. Sets `args.resume_from`
+    (None: a new run)."""
+    from videomae.train import lock, state
 
     out = Path(args.output_dir)
+    try:
+        lock.check(out)
+    except lock.FolderInUse as err:
+        fail(args, str(err))
     used = state.run_files(out)
     args.resume_from = None
     if not args.resume:
@@ -28,11 +35,15 @@ def check_run_folder(args) -> None:
         for bad, why in skipped:
             say(f"--resume auto: skipping {bad}: {why}")
         if path is None:
+            weights = [p.name for p in used if p.name in ("model.pth", "model.safetensors")]
+            if skipped or weights:
+                what = f"{len(skipped)} unreadable checkpoint(s)" if skipped else f"exported weights ({weights[0]})"
+                fail(args, f"--resume auto: {out} holds an earlier run with {what} and no valid checkpoint: pass "
+                     "--overwrite to start over there, or choose another --output_dir")
             if used:
-                why = "no valid checkpoint" + (f" ({len(skipped)} unreadable)" if skipped else "")
-                fail(args, f"--resume auto: {out} holds an earlier run but {why}: pass --overwrite to start over "
-                     "there, or choose another --output_dir")
-            say(f"--resume auto: no checkpoint in {out} yet: starting a new run")
+                say(f"--resume auto: no checkpoint in {out} (the earlier run saved none): starting a new run there")
+            else:
+                say(f"--resume auto: no checkpoint in {out} yet: starting a new run")
             return
         say(f"--resume auto: continuing from {path}")
     else:

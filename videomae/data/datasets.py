@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from videomae.data import sampling as S
-from videomae.data import transforms as TF
+import videomae.data.sampling as S
+import videomae.data.transforms as TF
 from videomae.data.decode import VideoReadError, read_frames
 from videomae.data.gpu_aug import pad_frames
 from videomae.data.lists import VideoRecord
@@ -272,16 +272,16 @@ class ClipCollate:
     """Batch items; `repeated=True` flattens num_sample clips per video into the batch (V2
     `multiple_pretrain_samples_collate`); uint8 frames of different sizes are zero-padded.
 
-    `token_ids=True` (pretraining): the last field, the Bool masks `[B, N]` (or `(mask, decode_mask)`), becomes
-    `masking.TokenIds`, validated here once, on the CPU side of the loader, so the step never syncs on it."""
+    The masks (the last field when it is Bool `[N]`, or a tuple of them: `(mask, decode_mask)`) become
+    `masking.TokenIds`, validated here once, on the CPU side of the loader, so the step never syncs on them."""
 
-    def __init__(self, repeated: bool = False, token_ids: bool = False):
-        self.repeated, self.token_ids = repeated, token_ids
+    def __init__(self, repeated: bool = False):
+        self.repeated = repeated
 
     def __call__(self, batch: list[tuple]):
         fields = [self._merge([item[k] for item in batch]) for k in range(len(batch[0]))]
-        if self.token_ids:
-            masks = fields[-1]
+        masks = fields[-1]
+        if _is_mask(masks):
             fields[-1] = token_ids(*masks) if isinstance(masks, tuple) else token_ids(masks)
         return tuple(fields)
 
@@ -302,3 +302,9 @@ class ClipCollate:
             storage = items[0]._typed_storage()._new_shared(math.prod(shape), device=items[0].device)
             out = items[0].new(storage).resize_(shape)
         return torch.cat(items, 0, out=out) if self.repeated else torch.stack(items, 0, out=out)
+
+
+def _is_mask(field) -> bool:
+    if isinstance(field, tuple):
+        return bool(field) and all(_is_mask(f) for f in field)
+    return isinstance(field, torch.Tensor) and field.dtype == torch.bool and field.dim() == 2

@@ -1,6 +1,7 @@
 """Video decoders behind one interface, and `read_frames` (decode once, cut several clips).
 
-Backends (xformers style: each declares where it runs and says why it cannot), in `auto` order:
+One class per decoder library (xformers style: the class declares where it runs and says why it cannot; an
+instance is one open file), in `auto` order:
 - `pyav`:       PyAV from PyPI (FFmpeg bundled). Seeks to the keyframe before the first wanted frame and
                 decodes forward to the last one, re-seeking across gaps longer than a GOP; never the whole video.
 - `decord`:     decord's VideoReader (seeks by keyframe index itself), one thread per worker.
@@ -10,10 +11,10 @@ Backends (xformers style: each declares where it runs and says why it cannot), i
 CPU frames are uint8 numpy `[T, H, W, 3]` (RGB) and stay uint8 until augmentation (DeviceFeed on the GPU).
 `decoder_report()` says which backends run here and why the others do not (`videomae info` shows it).
 `read_frames` turns every failure into `VideoReadError` with a short reason; a bad file never crashes a worker.
-The backends mirror `videomae.dispatch.Backend` (name, devices, `unavailable_reasons()`) without its op and dtype
+The classes mirror `videomae.dispatch.Backend` (name, devices, `unavailable_reasons()`) without its op and dtype
 checks, which have no meaning for a file.
 
-(About 460 lines on purpose: the readers, the backends that wrap them and the fallback walk are read together.)
+(About 500 lines on purpose: the decoders and the fallback walk over them are read together.)
 """
 
 from __future__ import annotations
@@ -59,14 +60,66 @@ class DamagedVideo(ValueError):
     """The container opened but its contents are cut short or broken (reported as "truncated or corrupt")."""
 
 
-# ---------------------------------------------------------------- readers: len(reader), reader.get(sorted unique idx)
+# ---------------------------------------------------------------- decoders: one class per library
 
 
-class PyAVReader:
-    """Keyframe-seeking reader. Opening demuxes the packet index (no decoding): presentation timestamps give
+_PROBES: dict[str, list[str]] = {}
+
+
+def _torchcodec_reasons() -> list[str]:
+    # Importing torchcodec.decoders loads its FFmpeg-linked core: the only reliable test, done once per process.
+    if "torchcodec" not in _PROBES:
+        if importlib.util.find_spec("torchcodec") is None:
+            _PROBES["torchcodec"] = ["torchcodec not installed (pip install torchcodec; needs FFmpeg 4-8 shared "
+                                     "libraries, e.g. apt-get install libavcodec59 libavformat59 libavdevice59)"]
+        else:
+            try:
+                import torchcodec.decoders  # noqa: F401
+                _PROBES["torchcodec"] = []
+            except Exception as err:  # noqa: BLE001 - missing FFmpeg libraries or a torch ABI mismatch
+                first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+                _PROBES["torchcodec"] = [f"torchcodec cannot load its FFmpeg core: {first[:120]}"]
+    return _PROBES["torchcodec"]
+
+
+class Decoder:
+    """A decoder library. The class says where its frames come out (`device`) and why it cannot run here
+    (`unavailable_reasons()`); `open(path)` gives an instance, one open file: `len(decoder)` frames and
+    `decoder.get(sorted unique int64 indices) -> [T, H, W, 3]` (an array, or a list of `[H, W, 3]` arrays)."""
+
+    name: str = ""
+    device: str = "cpu"  # where the frames come out
+    install: str = ""
+
+    @classmethod
+    def unavailable_reasons(cls) -> list[str]:
+        """[] when `open` can work here; otherwise every reason it cannot."""
+        return []
+
+    @classmethod
+    def version(cls) -> str:
+        return ""
+
+    @classmethod
+    def open(cls, path: str):
+        return cls(path)
+
+
+class PyAV(Decoder):
+    """PyAV, keyframe seeking. Opening demuxes the packet index (no decoding): presentation timestamps give
     frame i's pts and whether a decode may start there. `get` decodes from the keyframe before each run of
     wanted frames, tells the decoder to drop the non-reference frames it is not asked for (H.264 B-frames:
     nothing else depends on them), and converts only the wanted frames to RGB."""
+
+    name, install = "pyav", "pip install av"
+
+    @classmethod
+    def unavailable_reasons(cls) -> list[str]:
+        return [] if av is not None else [f"PyAV not installed ({cls.install})"]
+
+    @classmethod
+    def version(cls) -> str:
+        return f"PyAV {av.__version__}, keyframe seeking" if av is not None else ""
 
     def __init__(self, path: str):
         self.container = av.open(path)
@@ -167,7 +220,19 @@ def _rgb(frame) -> np.ndarray:
     return _LOCAL.rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
 
 
-class DecordReader:
+class Decord(Decoder):
+    """decord's VideoReader (seeks by keyframe index itself), one thread per worker."""
+
+    name, install = "decord", "pip install decord (x86-64 Linux wheels)"
+
+    @classmethod
+    def unavailable_reasons(cls) -> list[str]:
+        return [] if decord is not None else [f"decord not installed ({cls.install})"]
+
+    @classmethod
+    def version(cls) -> str:
+        return f"decord {getattr(decord, '__version__', '?')}" if decord is not None else ""
+
     def __init__(self, path: str):
         with _native_stderr_silenced():
             self.reader = decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
@@ -196,8 +261,20 @@ def _native_stderr_silenced():
         os.close(saved)
 
 
-class TorchCodecReader:
-    """torchcodec's VideoDecoder on `device` ("cpu" or "cuda[:i]"), frames `[T, H, W, 3]`."""
+class TorchCodec(Decoder):
+    """torchcodec's VideoDecoder on `device` ("cpu" here; NVDEC opens it on "cuda:i"), frames `[T, H, W, 3]`."""
+
+    name = "torchcodec"
+
+    @classmethod
+    def unavailable_reasons(cls) -> list[str]:
+        return _torchcodec_reasons()
+
+    @classmethod
+    def version(cls) -> str:
+        import torchcodec
+
+        return f"torchcodec {torchcodec.__version__} (CPU)"
 
     def __init__(self, path: str, device: str = "cpu"):
         from torchcodec.decoders import VideoDecoder
@@ -207,7 +284,7 @@ class TorchCodecReader:
         self.decoder = VideoDecoder(path, device=device, dimension_order="NHWC", seek_mode="exact", **kwargs)
         meta = self.decoder.metadata
         header, content = meta.num_frames_from_header, meta.num_frames_from_content
-        if header and content is not None and content < header:  # the same cross-check as PyAVReader's
+        if header and content is not None and content < header:  # the same cross-check as PyAV's
             raise DamagedVideo(f"truncated: the index lists {header} frames, the file holds {content}")
 
     def __len__(self) -> int:
@@ -218,8 +295,46 @@ class TorchCodecReader:
         return data if self.cuda else data.numpy()
 
 
-class NvCodecReader:
-    """PyNvVideoCodec's SimpleDecoder: NVDEC into device memory, RGB interleaved -> CUDA uint8 `[T, H, W, 3]`."""
+class Nvdec(Decoder):
+    """NVIDIA's hardware decoder, frames as CUDA uint8 `[T, H, W, 3]`: PyNvVideoCodec's SimpleDecoder (NVDEC into
+    device memory, RGB interleaved) when it loads, else `open` gives torchcodec's decoder on the CUDA device."""
+
+    name, device = "nvdec", "cuda"
+
+    @classmethod
+    def _library(cls) -> tuple[str | None, list[str]]:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None, ["needs a CUDA device (NVDEC is a GPU engine)"]
+        reasons = []
+        if importlib.util.find_spec("PyNvVideoCodec") is not None:
+            try:
+                import PyNvVideoCodec  # noqa: F401
+                return "PyNvVideoCodec", []
+            except Exception as err:  # noqa: BLE001 - driver or CUDA runtime mismatch
+                reasons.append(f"PyNvVideoCodec does not load: {str(err)[:120]}")
+        else:
+            reasons.append("PyNvVideoCodec not installed (pip install PyNvVideoCodec)")
+        tc = _torchcodec_reasons()
+        if not tc:
+            return "torchcodec", []
+        return None, reasons + tc
+
+    @classmethod
+    def unavailable_reasons(cls) -> list[str]:
+        return cls._library()[1]
+
+    @classmethod
+    def version(cls) -> str:
+        return f"via {cls._library()[0]}"
+
+    @classmethod
+    def open(cls, path: str):
+        import torch
+
+        gpu = torch.cuda.current_device()
+        return cls(path, gpu) if cls._library()[0] == "PyNvVideoCodec" else TorchCodec(path, f"cuda:{gpu}")
 
     def __init__(self, path: str, gpu_id: int = 0):
         import PyNvVideoCodec as nvc
@@ -257,135 +372,12 @@ class FrameFolderReader:
         return np.stack(frames)
 
 
-# ---------------------------------------------------------------- backends
-
-
-class DecoderBackend:
-    """Declares where a decoder runs and why it cannot run here (mirrors `videomae.ops.dispatch.Backend`)."""
-
-    name: str = ""
-    device: str = "cpu"  # where the frames come out
-    install: str = ""
-
-    def unavailable_reasons(self) -> list[str]:
-        """[] when `open` can work here; otherwise every reason it cannot."""
-        return []
-
-    def version(self) -> str:
-        return ""
-
-    def open(self, path: str):
-        """-> reader with `len(reader)` (frames) and `reader.get(sorted unique int64 indices) -> [T, H, W, 3]`
-        (an array, or a list of `[H, W, 3]` arrays)."""
-        raise NotImplementedError
-
-
-class PyAVBackend(DecoderBackend):
-    name, install = "pyav", "pip install av"
-
-    def unavailable_reasons(self) -> list[str]:
-        return [] if av is not None else [f"PyAV not installed ({self.install})"]
-
-    def version(self) -> str:
-        return f"PyAV {av.__version__}, keyframe seeking" if av is not None else ""
-
-    def open(self, path: str):
-        return PyAVReader(path)
-
-
-class DecordBackend(DecoderBackend):
-    name, install = "decord", "pip install decord (x86-64 Linux wheels)"
-
-    def unavailable_reasons(self) -> list[str]:
-        return [] if decord is not None else [f"decord not installed ({self.install})"]
-
-    def version(self) -> str:
-        return f"decord {getattr(decord, '__version__', '?')}" if decord is not None else ""
-
-    def open(self, path: str):
-        return DecordReader(path)
-
-
-_PROBES: dict[str, list[str]] = {}
-
-
-def _torchcodec_reasons() -> list[str]:
-    # Importing torchcodec.decoders loads its FFmpeg-linked core: the only reliable test, done once per process.
-    if "torchcodec" not in _PROBES:
-        if importlib.util.find_spec("torchcodec") is None:
-            _PROBES["torchcodec"] = ["torchcodec not installed (pip install torchcodec; needs FFmpeg 4-8 shared "
-                                     "libraries, e.g. apt-get install libavcodec59 libavformat59 libavdevice59)"]
-        else:
-            try:
-                import torchcodec.decoders  # noqa: F401
-                _PROBES["torchcodec"] = []
-            except Exception as err:  # noqa: BLE001 - missing FFmpeg libraries or a torch ABI mismatch
-                first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
-                _PROBES["torchcodec"] = [f"torchcodec cannot load its FFmpeg core: {first[:120]}"]
-    return _PROBES["torchcodec"]
-
-
-class TorchCodecBackend(DecoderBackend):
-    name = "torchcodec"
-
-    def unavailable_reasons(self) -> list[str]:
-        return _torchcodec_reasons()
-
-    def version(self) -> str:
-        import torchcodec
-
-        return f"torchcodec {torchcodec.__version__} (CPU)"
-
-    def open(self, path: str):
-        return TorchCodecReader(path, "cpu")
-
-
-class NvdecBackend(DecoderBackend):
-    """GPU decoding: PyNvVideoCodec first (a small wheel), else torchcodec's CUDA decoder."""
-
-    name, device = "nvdec", "cuda"
-
-    def _library(self) -> tuple[str | None, list[str]]:
-        import torch
-
-        if not torch.cuda.is_available():
-            return None, ["needs a CUDA device (NVDEC is a GPU engine)"]
-        reasons = []
-        if importlib.util.find_spec("PyNvVideoCodec") is not None:
-            try:
-                import PyNvVideoCodec  # noqa: F401
-                return "PyNvVideoCodec", []
-            except Exception as err:  # noqa: BLE001 - driver or CUDA runtime mismatch
-                reasons.append(f"PyNvVideoCodec does not load: {str(err)[:120]}")
-        else:
-            reasons.append("PyNvVideoCodec not installed (pip install PyNvVideoCodec)")
-        tc = _torchcodec_reasons()
-        if not tc:
-            return "torchcodec", []
-        return None, reasons + tc
-
-    def unavailable_reasons(self) -> list[str]:
-        return self._library()[1]
-
-    def version(self) -> str:
-        return f"via {self._library()[0]}"
-
-    def open(self, path: str):
-        import torch
-
-        gpu = torch.cuda.current_device()
-        if self._library()[0] == "PyNvVideoCodec":
-            return NvCodecReader(path, gpu)
-        return TorchCodecReader(path, f"cuda:{gpu}")
-
-
-DECODERS: dict[str, DecoderBackend] = {b.name: b for b in (PyAVBackend(), DecordBackend(), TorchCodecBackend(),
-                                                           NvdecBackend())}
+DECODERS: dict[str, type[Decoder]] = {d.name: d for d in (PyAV, Decord, TorchCodec, Nvdec)}
 AUTO_ORDER = ("pyav", "decord")  # measured fastest first (bench/results/loader-cpu.md); torchcodec only on request
 BACKENDS = ("auto", *DECODERS)
 
 
-def _backends(backend: str) -> list[DecoderBackend]:
+def _backends(backend: str) -> list[type[Decoder]]:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":

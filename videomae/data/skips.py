@@ -81,6 +81,8 @@ class SkipLog:
 
     def _files(self) -> dict[str, list[dict]]:
         out = {}
+        if not os.path.isdir(self.directory):  # removed with its owner at exit: nothing is left to report
+            return out
         for name in sorted(os.listdir(self.directory)):
             with open(os.path.join(self.directory, name)) as f:
                 # A worker may be mid-write: only complete lines count.

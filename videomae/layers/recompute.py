@@ -15,7 +15,7 @@ same inputs, so gradients are bitwise those of `none`.
 Compiled steps (`torch.compile`): `auto` leaves the choice to AOTAutograd's min-cut partitioner, which finds the
 same cut by itself once told that a value the backward needs anyway (the GELU output, the fp32 LayerNorm
 input) may be recomputed rather than stored: `COMPILE_SETTINGS`, applied by `apply_compile_settings()` before
-compiling (`videomae.train.engine` does).
+compiling (`videomae.train.step.build_objective` does).
 """
 
 from __future__ import annotations

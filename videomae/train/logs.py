@@ -34,6 +34,20 @@ class NullLog:
         pass
 
 
+class MemoryLog(NullLog):
+    """The step and epoch rows kept in memory, for runs without a folder (the training-parity run reads them)."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self.epochs: list[dict] = []
+
+    def step(self, row: dict) -> None:
+        self.rows.append(row)
+
+    def epoch(self, row: dict) -> None:
+        self.epochs.append(row)
+
+
 class _NullBar:
     def update(self, n: int = 1) -> None:
         pass
@@ -126,8 +140,8 @@ class LineBar:
         if (self.n % self.every == 0 and now - self.last >= self.min_seconds) or self.n == self.total:
             self.last = now
             rate = (self.n - self.done) / max(now - self.start, 1e-9)
-            print(f"{self.desc}  step {self.n}/{self.total}  {self.postfix}  ({rate:.2f} steps/s)",
-                  file=sys.stderr, flush=True)
+            fields = [self.desc, f"step {self.n}/{self.total}", self.postfix, f"({rate:.2f} steps/s)"]
+            print("  ".join(f for f in fields if f), file=sys.stderr, flush=True)  # no blank field before a read
 
     def close(self) -> None:
         pass

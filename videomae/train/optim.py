@@ -46,12 +46,3 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
         group["names"].append(name)
     return list(groups.values())
 
-
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95), eps: float = 1e-8,
-                    layer_decay: float | None = None, device: str = "cpu") -> torch.optim.Optimizer:
-    """AdamW over `param_groups`; the fused kernel on CUDA (one launch for all parameters)."""
-    groups = param_groups(model, weight_decay, layer_decay)
-    for g in groups:
-        g.pop("names")  # optimizer state dicts must stay plain tensors and numbers
-    fused = torch.device(device).type == "cuda"
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)

@@ -5,7 +5,10 @@ states, the epoch's partial loss sums, the run's arguments). Atomic writes, keep
 File names: `checkpoint-{epoch}.pth` after epoch `epoch` (the official name), `checkpoint-{epoch}-
 step{k}.pth` after optimizer step k inside epoch `epoch` (`--save_ckpt_steps`). Each holds the official
 `{'model': state_dict}` plus optimizer, scaler, position (`next_epoch`, `next_step`, `global_step`)
-and every rank's RNG states, so a resumed run continues bit for bit.
+and every rank's RNG states, so a resumed run continues bit for bit. Every file written here carries a SHA-256
+sidecar (`videomae.integrity`) that `read` verifies: a file changed after it was written is refused, naming it, and
+`--resume auto` passes over it to the newest valid one. A write that fails (disk full, read-only folder) is one
+line naming the path (`WriteFailed`), and leaves the earlier file of that name in place.
 """
 
 from __future__ import annotations
@@ -14,37 +17,51 @@ import json
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from videomae import integrity
 from videomae.checkpoint import load_error
 
 FORMAT = "videomae-train-1"
 _NAME = re.compile(r"^checkpoint-(\d+)(?:-step(\d+))?\.pth$")
 
 
+WriteFailed = integrity.WriteFailed  # one class for every failed write (videomae/integrity.py)
+_TMP = re.compile(r"^\..+\.tmp-(\d+)$")  # `.{name}.tmp-{pid}`: a save in progress, or one a kill cut short
+
+
 def atomic_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, fsync, rename over `path`, fsync the folder:
-    a kill at any moment leaves either the old file or the complete new one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """torch.save, atomically, with a content hash that `read` verifies (`integrity.write_atomic`). Disk full or a
+    read-only folder: WriteFailed naming `path`."""
+    integrity.write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def atomic_save_safetensors(state_dict: dict, path: str | os.PathLike) -> None:
+    from safetensors.torch import save
+
+    tensors = {k: v.contiguous() for k, v in state_dict.items()}
+    integrity.write_atomic(path, lambda f: f.write(save(tensors, metadata={"format": "pt"})))
+
+
+def remove_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Temporary files of saves that were killed (`.NAME.tmp-PID` and half-written sidecars) of processes other than
+    this one. Called by the run that holds the folder's lock: no other process is saving there."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    gone = []
+    for p in directory.iterdir():
+        m = _TMP.match(p.name)
+        stale = (m is not None and int(m.group(1)) != os.getpid()) or p.name.endswith(integrity.SUFFIX + ".tmp")
+        if stale and p.is_file():
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
 
 
 def checkpoint_name(epoch: int, step: int | None = None) -> str:
@@ -77,8 +94,10 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
 def prune(directory: str | os.PathLike, keep_last: int) -> None:
     """Delete all but the newest `keep_last` checkpoints (0 keeps everything)."""
     if keep_last > 0:
+        remove_temporaries(directory)  # a save killed earlier in this folder
         for old in list_checkpoints(directory)[:-keep_last]:
             old.unlink(missing_ok=True)
+            integrity.sidecar(old).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- RNG states
@@ -168,8 +187,9 @@ class UnreadableCheckpoint(ValueError):
 
 
 def read(path: str | os.PathLike) -> dict:
-    """A TrainState file written by `videomae`; never runs code from the file. The last file read is kept,
-    so the check before a run and the restore inside it read the disk once."""
+    """A TrainState file written by `videomae`, checked against its SHA-256 sidecar when it has one; never runs code
+    from the file. The last file read is kept, so the check before a run and the restore inside it read the disk
+    once."""
     path = Path(path)
     try:
         stat = path.stat()
@@ -178,6 +198,10 @@ def read(path: str | os.PathLike) -> dict:
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key in _cache:
         return _cache[key]
+    try:
+        integrity.verify(path)
+    except integrity.CorruptFile as err:
+        raise UnreadableCheckpoint(str(err)) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every load failure becomes one line naming the file
@@ -222,19 +246,22 @@ def run_files(directory: str | os.PathLike) -> list[Path]:
 
 
 def clear_run(directory: str | os.PathLike) -> list[Path]:
-    """`--overwrite`: delete an earlier run's files (checkpoints, logs, exports, pictures); -> what went."""
-    import shutil
-
+    """`--overwrite`: delete an earlier run's files (checkpoints and their hashes, logs, exports, pictures, temporary
+    files of killed saves); -> what went."""
     directory = Path(directory)
-    gone = run_files(directory)
+    gone = run_files(directory) + remove_temporaries(directory)
     for path in gone:
         path.unlink(missing_ok=True)
+    for path in list(gone):
+        side = integrity.sidecar(path)
+        if side.is_file():
+            side.unlink()
     for name in ("preview", "tensorboard"):
         if (directory / name).is_dir():
             shutil.rmtree(directory / name)
             gone.append(directory / name)
-    for name in ("loss.png", "lr.png", "reconstruction.png", "reconstruction.gif", "confusion_matrix.png",
-                 "test.json", "eval.json"):
+    for name in ("loss.png", "lr.png", "accuracy.png", "reconstruction.png", "reconstruction.gif",
+                 "confusion_matrix.png", "test.json", "eval.json"):
         if (directory / name).is_file():
             (directory / name).unlink()
             gone.append(directory / name)

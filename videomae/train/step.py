@@ -1,16 +1,14 @@
-"""The one training step, and the loop around it, that `videomae pretrain`, `videomae finetune` and
-`bench/train_step.py` all run. (~500 lines: the step, its switches, its CUDA graph and the loop that reads
-its results are one story, kept in one file so that the hot path reads top to bottom in one place.)
+"""The one training step that `videomae pretrain`, `videomae finetune`, the parity run, the study and
+`bench/train_step.py` all run (through `videomae.train.trainer.Trainer`), and its switches.
 
-    model = videomae.create_model("pretrain_videomae_base_patch16_224").cuda()
     config = StepConfig().resolve(device, pretraining=True)   # bf16, fused AdamW, auto attention, compile
     optimizer = make_optimizer(model, lr, weight_decay=0.05, config=config)
-    objective = pretrain_objective(model, config)               # (videos, ids) -> (loss, clips), compiled
+    objective = build_objective(model, config, pretrain_loss)  # batch -> loss, compiled
     out = train_step(model, optimizer, [(videos, ids)], objective, Precision(config.precision, device))
 
 `train_step` is the whole step in one visible function: zero grads, micro-batches (autocast, backward),
 unscale, grad norm (+ clip), non-finite guard, optimizer. It never waits on the host: the loss, the
-grad norm and the "skipped" flag stay on the device (`StepOut`) and `Trainer` reads them together every
+grad norm and the "skipped" flag stay on the device (`StepOut`) and the trainer reads them together every
 `log_interval` steps (one sync; `--log_interval`). A non-finite step is skipped on the device: fused AdamW
 takes the flag as `found_inf` (the GradScaler's own mechanism) and leaves weights, moments and step counts
 untouched, so divergence is noticed at the next read, at most `log_interval` steps late. fp16 runs the
@@ -32,20 +30,16 @@ Switches (`StepConfig`; each one lands in the run's args.json and in `videomae i
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.utils._pytree as pytree
 from torch import nn
-
-from videomae.train import distributed
-from videomae.train.logs import NullLog, Throughput
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -164,30 +158,18 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05, beta
                              capturable=config.cuda_graphs)
 
 
-def build_objective(model: nn.Module, config: StepConfig, objective: Callable) -> Callable:
-    """`objective(*inputs) -> loss`, compiled (fullgraph: forward + loss with no graph break) when asked.
-    Wrapped models (DDP) trace with graph breaks at their hooks, so fullgraph is for the bare module."""
+def build_objective(model: nn.Module, config: StepConfig, loss: Callable[[nn.Module, Any], torch.Tensor]) -> Callable:
+    """`loss(model, batch) -> scalar` as the step's `objective(batch)`, compiled (forward + loss in one graph,
+    fullgraph: no graph break) when `config.compile`. Wrapped models (DDP) trace with graph breaks at their hooks:
+    fullgraph is for the bare module."""
+    objective = functools.partial(loss, model)
     if not config.compile:
         return objective
+    from videomae.layers.recompute import apply_compile_settings
+
+    apply_compile_settings()  # the partitioner may recompute the cheap values backward needs (0.78x -> 0.51x HF)
     fullgraph = not isinstance(model, nn.parallel.DistributedDataParallel)
     return torch.compile(objective, fullgraph=fullgraph, mode=config.compile_mode, backend=config.compile_backend)
-
-
-def pretrain_objective(model: nn.Module, config: StepConfig, core: nn.Module | None = None) -> Callable:
-    """`objective((videos, ids)) -> (loss, num_clips)` of a `PretrainVisionTransformer`: forward and loss,
-    compiled together when `config.compile`. `core` is the bare module when `model` is a DDP wrapper."""
-    core = core if core is not None else model
-
-    def forward_loss(videos: torch.Tensor, ids) -> torch.Tensor:
-        return core.forward_loss(videos, model(videos, ids), ids)
-
-    loss_of = build_objective(model, config, forward_loss)
-
-    def objective(batch) -> tuple[torch.Tensor, int]:
-        videos, ids = batch
-        return loss_of(videos, ids), videos.shape[0]
-
-    return objective
 
 
 def ops_context(config: StepConfig):
@@ -202,7 +184,7 @@ def ops_context(config: StepConfig):
 
 
 class StepOut(NamedTuple):
-    """What one step leaves on the device; `Trainer.flush` reads them, batched, every log_interval steps."""
+    """What one step leaves on the device; the trainer reads them, batched, every log_interval steps."""
 
     loss: torch.Tensor  # fp32 scalar, mean over micro-batches
     grad_norm: torch.Tensor  # fp32 scalar, before clipping
@@ -235,8 +217,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     """One optimizer step over `micro_batches` (each already on the device) -> StepOut, with no host sync
     (bf16/fp32 with fused AdamW; see the module docstring for the exceptions).
 
-    `objective(batch) -> (loss, num_clips)` does the model part; the gradients stay in `.grad` until the
-    next step starts (the official engine's order: zero, forward, backward, step)."""
+    `objective(batch) -> scalar loss` does the model part (a batch's clips: its first tensor's first dimension);
+    the gradients stay in `.grad` until the next step starts (the official engine's order: zero, forward,
+    backward, step)."""
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     scaler = precision.scaler
     optimizer.zero_grad(set_to_none=True)
@@ -244,10 +227,10 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     for i, batch in enumerate(micro_batches):
         with _no_sync(model, i == len(micro_batches) - 1):
             with precision.autocast():
-                loss, n = objective(batch)
+                loss = objective(batch)
             loss = loss.float()
             losses.append(loss.detach())
-            clips += n
+            clips += (batch[0] if isinstance(batch, tuple | list) else batch).shape[0]
             scaled = loss / len(micro_batches)
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
     loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
@@ -324,18 +307,6 @@ class GraphedStep:
         return self.out
 
 
-# ---------------------------------------------------------------- the loop
-
-
-@dataclass
-class Position:
-    """Where a run is: `step` optimizer steps done inside `epoch`, `global_step` in total."""
-
-    epoch: int = 0
-    step: int = 0
-    global_step: int = 0
-
-
 class StepGuard:
     """Counts skipped (non-finite) optimizer steps; raises after `max_in_a_row` consecutive ones (at once, or
     at the next `check()` when told to wait: every rank must stop at the same point)."""
@@ -344,7 +315,7 @@ class StepGuard:
         self.max_in_a_row, self.in_a_row, self.total = max_in_a_row, 0, 0
         self.diverged: TrainingDiverged | None = None
 
-    def update(self, skipped: bool, position: Position, precision: str, raise_now: bool = True) -> None:
+    def update(self, skipped: bool, epoch: int, global_step: int, precision: str, raise_now: bool = True) -> None:
         if not skipped:
             self.in_a_row = 0
             return
@@ -354,148 +325,13 @@ class StepGuard:
             hint = " (fp16 overflows: try --precision bf16)" if precision == "fp16" else ""
             self.diverged = TrainingDiverged(
                 f"{self.in_a_row} optimizer steps in a row had inf/NaN loss or gradients (last at epoch "
-                f"{position.epoch}, step {position.global_step}); stopping. Lower --lr, set --clip_grad{hint}")
+                f"{epoch}, step {global_step}); stopping. Lower --lr, set --clip_grad{hint}")
         if raise_now:
             self.check()
 
     def check(self) -> None:
         if self.diverged is not None:
             raise self.diverged
-
-
-class Trainer:
-    """Runs `train_step` with the schedule; logs rows lazily. `objective(batch) -> (loss, num_clips)` does the
-    model part on a batch that `prepare(batch)` (default: as is) moved to the device outside the step."""
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, lr_schedule: np.ndarray,
-                 wd_schedule: np.ndarray | None, precision: Precision, *, accum_iter: int = 1,
-                 clip_grad: float | None = None, max_skipped: int = 20, max_steps: int | None = None,
-                 log=None, log_interval: int = 1, config: StepConfig | None = None, prepare: Callable | None = None):
-        self.config = config or StepConfig(precision=precision.name, compile=False)
-        if self.config.cuda_graphs and wd_schedule is not None:
-            raise ValueError("cuda_graphs bakes the weight decay into the graph: drop --weight_decay_end")
-        self.model, self.optimizer, self.precision = model, optimizer, precision
-        self.lr_schedule, self.wd_schedule = lr_schedule, wd_schedule
-        self.accum_iter, self.clip_grad, self.max_steps = accum_iter, clip_grad, max_steps
-        self.log_interval, self.cuda_graphs = max(1, log_interval), self.config.cuda_graphs
-        self.prepare = prepare or (lambda batch: batch)
-        self._guard = StepGuard(max_skipped)
-        self.log = log or NullLog()
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.pending: list[tuple[StepOut, Position, float]] = []
-        self.speed = Throughput()
-        self._graphs: dict[int, GraphedStep] = {}
-
-    @property
-    def guard(self) -> StepGuard:
-        """The skip counter, with every pending step's flag read first (checkpoints store `guard.total`). Rank 0
-        alone may ask (while saving): that read has no collective and raises nothing; the loop's next read does."""
-        self.flush(raise_now=False)
-        return self._guard
-
-    def done(self, position: Position) -> bool:
-        return bool(self.max_steps) and position.global_step >= self.max_steps
-
-    def _set_schedule(self, global_step: int) -> float:
-        it = min(global_step, len(self.lr_schedule) - 1)
-        lr = float(self.lr_schedule[it])
-        for group in self.optimizer.param_groups:
-            value = lr * group.get("lr_scale", 1.0)
-            if isinstance(group["lr"], torch.Tensor):
-                group["lr"].fill_(value)  # in place: a captured graph reads this tensor
-            else:
-                group["lr"] = value
-            if self.wd_schedule is not None and group["weight_decay"] > 0:
-                group["weight_decay"] = float(self.wd_schedule[it])
-        return lr
-
-    def _run(self, micro_batches: list, objective: Callable) -> StepOut:
-        def step(batches):
-            return train_step(self.model, self.optimizer, batches, objective, self.precision,
-                              clip_grad=self.clip_grad, params=self.params)
-
-        if not self.cuda_graphs:
-            return step(micro_batches)
-        graphed = self._graphs.get(id(objective))
-        if graphed is None:
-            graphed = self._graphs[id(objective)] = GraphedStep(step, micro_batches, self.params, self.optimizer)
-        return graphed(micro_batches)
-
-    def step(self, micro_batches: list, objective: Callable, position: Position, flush: bool = True) -> dict | None:
-        """One optimizer step; with `flush` its log row (loss averaged over micro-batches), read now."""
-        lr = self._set_schedule(position.global_step)
-        with ops_context(self.config):
-            out = self._run([self.prepare(b) for b in micro_batches], objective)
-        if self.cuda_graphs:  # replays overwrite the static outputs: keep this step's values
-            out = StepOut(out.loss.clone(), out.grad_norm.clone(), out.skipped.clone(), out.clips)
-        position.step += 1
-        position.global_step += 1
-        self.pending.append((out, Position(position.epoch, position.step, position.global_step), lr))
-        if flush:
-            return self.flush()[-1]
-        return None
-
-    def flush(self, raise_now: bool = True) -> list[dict]:
-        """Read every pending step's loss, grad norm and flag in one transfer (the only sync of the loop),
-        update the guard (may raise TrainingDiverged), and write the rows to the log. No collective: the
-        values already agree across ranks (see `train_step`)."""
-        if not self.pending:
-            if raise_now:
-                self._guard.check()
-            return []
-        pending, self.pending = self.pending, []
-        values = torch.stack([torch.stack([o.loss.float(), o.grad_norm.float(), o.skipped.float()])
-                              for o, _, _ in pending]).cpu().tolist()
-        scale = self.precision.scaler.get_scale() if self.precision.scaler is not None else None
-        clips = sum(o.clips for o, _, _ in pending) * distributed.world_size()
-        speed = self.speed.add(clips)
-        rows = []
-        for (out, pos, lr), (loss, norm, skipped) in zip(pending, values):
-            skipped = skipped > 0
-            row = {"step": pos.global_step, "epoch": pos.epoch, "loss": None if skipped else loss, "lr": lr,
-                   "grad_norm": norm if math.isfinite(norm) else None, "clips": out.clips, "skipped": skipped,
-                   "clips_per_s": speed}
-            if scale is not None:
-                row["loss_scale"] = scale
-            self.log.step(row)
-            rows.append(row)
-            self._guard.update(skipped, pos, self.precision.name, raise_now=False)
-        if raise_now:
-            self._guard.check()
-        return rows
-
-    def run_epoch(self, batches: Iterator, steps_per_epoch: int, objective: Callable, position: Position,
-                  after_step: Callable[[Position], None] | None = None, desc: str = "") -> dict:
-        """Optimizer steps from `position.step` to the end of the epoch (or `max_steps`) -> epoch means."""
-        bar = self.log.bar(steps_per_epoch, position.step, desc)
-        self.speed = Throughput()
-        losses, lr = [], 0.0
-
-        def read() -> None:
-            for row in self.flush():
-                if row["loss"] is not None:
-                    losses.append(row["loss"])
-                bar.set_postfix_str(f"loss {_fmt(row['loss'])}  lr {row['lr']:.2e}  {row['clips_per_s']:.1f} clips/s")
-
-        try:
-            while position.step < steps_per_epoch and not self.done(position):
-                micro = [next(batches) for _ in range(self.accum_iter)]
-                self.step(micro, objective, position, flush=False)
-                lr = self.pending[-1][2]
-                if position.global_step % self.log_interval == 0:
-                    read()
-                bar.update(1)
-                if after_step is not None:
-                    after_step(position)
-            read()
-        finally:
-            bar.close()
-        return {"loss": float(np.mean(losses)) if losses else float("nan"), "lr": lr,
-                "skipped_steps": self._guard.total}
-
-
-def _fmt(v: float | None) -> str:
-    return "skipped" if v is None else f"{v:.4f}"
 
 
 # ---------------------------------------------------------------- videomae info

@@ -1,0 +1,52 @@
+"""What `videomae pretrain` and `videomae finetune` share besides their recipes: checked flags -> a `Trainer`
+(resumed or new, its folder begun), and at the end the exported weights and the curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from videomae.train.recipe import Options, Recipe
+from videomae.train.run import Run, resume_path
+from videomae.train.step import StepConfig
+from videomae.train.trainer import Trainer
+
+
+def trainer_for(args, run: Run, recipe: Recipe, pretraining: bool) -> Trainer:
+    """The trainer of `recipe` with the flags' switches (resolved for this device: args.json records them),
+    restored from the checkpoint the checks chose, then the run folder begun (lock, logs, args.json)."""
+    config = StepConfig.from_args(args).resolve(run.device, pretraining=pretraining)
+    args.step = config.as_dict()
+    trainer = Trainer(recipe, Options.from_args(args, config), run)
+    start = resume_path(args, run.output_dir)
+    if start is not None:
+        trainer.resume(start)
+        pos = trainer.position
+        run.say(f"resumed from {start} at epoch {pos.epoch + 1}, step {pos.step} (global step {pos.global_step})")
+    run.begin(args, resume_step=trainer.position.global_step if start is not None else None)
+    return trainer
+
+
+def finish(run: Run, trainer: Trainer, outputs: list[Path]) -> list[Path]:
+    """Export the weights (model.pth, model.safetensors), plot the curves, and list what the run wrote."""
+    exported = run.export(trainer.model, trainer.options.fsdp)
+    if not run.info.is_main:
+        return []
+    from videomae.train.logs import read_jsonl
+    from videomae.train.plots import accuracy_curve, training_curves
+
+    plots = training_curves(read_jsonl(run.log.steps_path), run.output_dir)
+    if run.log.epochs_path.exists():  # none before the first epoch ends (--max_steps)
+        plots += accuracy_curve(read_jsonl(run.log.epochs_path), run.output_dir)  # [] without validation
+    written = [*exported, *outputs, *plots]
+    run.say("wrote:\n" + "\n".join(f"  {p}" for p in written))
+    return written
+
+
+def describe(run: Run, what: str, trainer: Trainer, total_batch: int) -> None:
+    """The run's first line: what, on how much, for how long, at which lr, precision and device."""
+    schedule = trainer.recipe.schedule
+    params = sum(p.numel() for p in trainer.model.parameters()) / 1e6
+    world = run.info.world_size
+    run.say(f"{what.format(params=f'{params:.2f}M params')}: {schedule.epochs} epochs x {schedule.steps_per_epoch} "
+            f"steps, global batch {total_batch} clips, lr {float(max(schedule.lr)):.3g}, {trainer.precision.name} on "
+            f"{run.device}" + (f" x {world} processes" if world > 1 else ""))
