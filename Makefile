@@ -19,7 +19,8 @@ PINNED_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python
                  $(PYTHON))
 GPU_STACK := torch==2.11.0 triton==3.6.0 transformers==5.17.0
 # Named one by one (no wildcard): `test-pinned` stops, naming it, when one of them is missing.
-PINNED_TESTS = tests/ops tests/test_models.py tests/test_sync_free.py tests/test_train_step.py tests/test_gpu_script.py
+PINNED_TESTS = tests/ops tests/test_models.py tests/test_sync_free.py tests/test_train_step.py tests/test_gpu_script.py \
+               tests/test_fake_cuda_trace.py tests/test_triton_sm90a.py tests/test_data_gpu_aug.py
 
 .PHONY: install install-pinned test suite rehearse test-pinned lint demo gpu clean
 

@@ -7,7 +7,9 @@ Install with `pip install --no-build-isolation .` so that the build sees the ins
   MAX_JOBS=2                      parallel compile jobs (ninja)
   VIDEOMAE_SKIP_CUDA_BUILD=1      pure-Python install
   VIDEOMAE_FORCE_CUDA=1           no toolkit / CPU-only torch is an error instead of a pure-Python install
-The build writes videomae/_build_info.json (archs, torch, CUDA and nvcc versions) next to the extension.
+The build writes its record (archs, torch, CUDA and nvcc versions) next to the extension, named after the
+extension's suffix (videomae/_build_info.cpython-312-x86_64-linux-gnu.json beside _C.cpython-312-...so), so that
+builds for other Pythons in one tree keep their own.
 """
 
 import datetime
@@ -129,7 +131,9 @@ def cuda_extension():
         def run(self):
             super().run()
             info["built_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-            path = os.path.join(os.path.dirname(self.get_ext_fullpath("videomae._C")), "_build_info.json")
+            so = self.get_ext_fullpath("videomae._C")
+            suffix = os.path.basename(so)[len("_C"):].removesuffix(".so")  # .cpython-312-x86_64-linux-gnu
+            path = os.path.join(os.path.dirname(so), f"_build_info{suffix}.json")
             with open(path, "w") as f:
                 json.dump(info, f, indent=2)
 

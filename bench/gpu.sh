@@ -1,26 +1,53 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark of the project in one call on a lent H100/H200, in under 9 minutes:
+# Every GPU check and benchmark of the project in one call on a lent H100/H200, in at most 540 s of steps:
 #   GIT_SHA=<sha> bash bench/gpu.sh    # the GPU machine gets the tree without .git: name the commit
-#   bash bench/gpu.sh --rehearse       # every step on the CPU at tiny shapes (CI runs it on both stacks)
+#   bash bench/gpu.sh --plan           # each step with its limit; the sum fits the budget (CI checks it)
+#   bash bench/gpu.sh --rehearse       # every step on the CPU at tiny shapes, the GPU image's packages only
+#                                      # (CI runs it on both stacks: 131 s pinned, 133 s newest with cold compile
+#                                      # caches on CI's 2 cores; 606 s / 385 s with ~6 other jobs on them; 2026-12-05)
 #   bash bench/gpu.sh --steps ops,tests --budget 300 --limit ops=120   # some steps, the total and one step's
 #                                      # seconds; --list names the steps
-# Steps, highest value first: build (16 jobs) + `videomae info`; bf16 correctness smoke of every backend; the
-# end-to-end table (bench/train_step.py); op microbenchmarks; compiled and CUDA-graph rows; GPU tests;
-# compute-sanitizer on our kernels; the loader's GPU step.
+# Steps, highest value first (limits in LIMIT below, their sum at most the budget by construction):
+#   build     pip install -e . (the CUDA extension, 16 jobs), `videomae info`, every op backend registers
+#   train     the headline table at ViT-B, B=32, 16x224x224, tube 0.9: the CLI's step with its prepare (uint8 crops
+#             from pinned memory through DeviceFeed, timed), the eager reference, Hugging Face transformers (sdpa,
+#             bf16 autocast), the official code (fp16 autocast); clips/s, memory per clip, MFU (bench/train_step.py)
+#   smoke     bf16 correctness of every backend against the fp64 oracle, op and model level (bench/ops/smoke.py)
+#   ops       op microbenchmarks (python -m bench.ops)
+#   compiled  larger batches (64, 128), the other compile setting and whole-step CUDA graphs; torch.compile of
+#             each op's reference
+#   tests     the `gpu`-marked tests that fit the limit, broadest first (bench/gpu_tests.py)
+#   sanitize  compute-sanitizer memcheck and racecheck on our kernels
+#   loader    DeviceFeed per batch and NVDEC (bench/loader.py --gpu)
+# One inductor and Triton cache serves every row and step of a run ($VIDEOMAE_GPU_CACHE): no reset between batch
+# sizes; a later step recompiles from the cache.
+#
+# What the GPU machine has and what must be carried (device tool `carry`, at most 64 MiB in all):
+#   image:  IMAGE below (torch, triton, transformers, timm, einops, pillow, tqdm, pytest, pytest-benchmark, numpy,
+#           opencv, onnxruntime, matplotlib, and Python's pip / setuptools / wheel); no av, decord, flash-attn,
+#           xformers. `--rehearse` runs every step with only those (and what they require) importable, so a step
+#           that needs anything else fails there, naming it.
+#   carry:  CARRY below: third_party/VideoMAE, the official code of the table's last peer (git-ignored, ~2 MiB).
+#   wheels: none (every package the steps import is in the image; the rehearsal proves it).
 # No `set -e`, on purpose: each step runs under its own time limit, cut to what is left of the budget; a failed
 # step is recorded and the next one runs, so one early failure never loses the later figures.
-# Results: bench/results/<name>.json ($BENCH_RESULTS; the rehearsal writes bench/results/rehearsal/), each
-# copied into $OUT when set (at most 8 files: gpu.log, gpu_steps.json and the benchmarks' files); one status row
-# per step in gpu_steps.json; all output in gpu.log. Exit status 1 when a step failed or ran out of time.
-# The official VideoMAE code for the end-to-end table comes from $VIDEOMAE_OFFICIAL (default
-# third_party/VideoMAE, git-ignored).
+# Results: bench/results/<name>.json ($BENCH_RESULTS; the rehearsal writes bench/results/rehearsal/), each row with
+# its provenance (backend that ran, device, versions, git sha), written as soon as it is measured and copied into
+# $OUT when set (at most 8 files: gpu.log, gpu_steps.json and the benchmarks' files); one status row per step in
+# gpu_steps.json; all output in gpu.log. Exit status 1 when a step failed or ran out of time.
 
-STEPS=(build smoke train ops compiled tests sanitize loader)
-declare -A LIMIT=([build]=150 [smoke]=90 [train]=150 [ops]=90 [compiled]=100 [tests]=90 [sanitize]=75 [loader]=40)
+STEPS=(build train smoke ops compiled tests sanitize loader)
+declare -A LIMIT=([build]=100 [train]=150 [smoke]=40 [ops]=50 [compiled]=90 [tests]=50 [sanitize]=40 [loader]=20)
+BUDGET=540
 # The CPU interpreter is slow, and CI has two cores: the rehearsal's limits are its own.
-declare -A REHEARSE_LIMIT=([build]=120 [smoke]=240 [train]=420 [ops]=240 [compiled]=420 [tests]=240 [sanitize]=180
+declare -A REHEARSE_LIMIT=([build]=120 [train]=420 [smoke]=240 [ops]=240 [compiled]=540 [tests]=240 [sanitize]=180
                           [loader]=180)
+REHEARSE_BUDGET=2400
 MIN_STEP_S=20  # a step is not started with less than this left of the budget
+IMAGE=(torch triton transformers timm einops pillow tqdm pytest pytest-benchmark numpy opencv-python-headless
+       onnxruntime matplotlib pip setuptools wheel)
+CARRY=(third_party/VideoMAE)
+CARRY_MAX_MIB=64
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SELF="$ROOT/bench/gpu.sh"
@@ -66,7 +93,7 @@ step_train() {
   if (( REHEARSE )); then
     "$PY" bench/train_step.py --rehearse --out "$RES"
   else
-    "$PY" bench/train_step.py --batch-sizes 64 128 --peers fast,eager,hf${official:+,official} --out "$RES" \
+    "$PY" bench/train_step.py --batch-sizes 32 --peers fast,eager,hf${official:+,official} --out "$RES" \
       --budget $(( STEP_LIMIT - 15 ))
   fi
 }
@@ -80,7 +107,7 @@ step_compiled() {
   if (( REHEARSE )); then
     "$PY" bench/train_step.py --rehearse --peers fast --compile both --out "$RES" || rc=$?
   else
-    "$PY" bench/train_step.py --batch-sizes 128 --peers fast --compile both --cuda-graphs --out "$RES" \
+    "$PY" bench/train_step.py --batch-sizes 64 128 --peers fast --compile both --cuda-graphs --out "$RES" \
       --budget $(( STEP_LIMIT * 2 / 3 )) || rc=$?
   fi
   # torch.compile of each op's reference: ViT-B only, as inductor compiles every shape anew.
@@ -90,16 +117,13 @@ step_compiled() {
 
 step_tests() {
   # Only the files that hold GPU tests: av / decord are missing on the GPU machine, and one module that cannot
-  # be imported must not stop the rest.
+  # be imported must not stop the rest. About 370 tests: the budget plugin runs every test function once before
+  # any twice and skips what no longer fits (the rehearsal runs the same selection; without CUDA all skip).
   local files
   mapfile -t files < <(grep -rlE 'mark\.gpu' tests --include='*.py' | sort)
   (( ${#files[@]} )) || { echo "no gpu-marked tests under tests/"; return 1; }
-  if (( REHEARSE )); then  # no GPU to run them on: they must still import and collect on this stack
-    "$PY" -m pytest -q -p no:cacheprovider -m gpu --collect-only "${files[@]}"
-  else
-    env -u TRITON_INTERPRET "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs --continue-on-collection-errors \
-      "${files[@]}"
-  fi
+  env -u TRITON_INTERPRET "$PY" -m pytest -q -p no:cacheprovider -p bench.gpu_tests \
+    --gpu-budget $(( STEP_LIMIT - 15 )) -m gpu -rs --continue-on-collection-errors "${files[@]}"
 }
 
 sanitizer() {
@@ -162,10 +186,8 @@ record() {  # record STEP RC SECONDS LIMIT NOTE [--skipped]
 }
 
 run_step() {  # run_step NAME: under its limit and what is left of the budget; logged; its status recorded
-  local name=$1 limit left t0 rc secs notefile
-  limit=${LIMIT[$name]}
-  (( REHEARSE )) && limit=${REHEARSE_LIMIT[$name]}
-  [[ -n "${GIVEN_LIMIT[$name]:-}" ]] && limit=${GIVEN_LIMIT[$name]}
+  local name=$1 limit left t0 rc secs notefile refusedlog refused
+  limit=$(step_limit "$name")
   left=$(( DEADLINE - $(date +%s) ))
   if (( left < MIN_STEP_S )); then
     echo "== $name: skipped, ${left}s left of the budget" | tee -a "$LOG"
@@ -175,13 +197,20 @@ run_step() {  # run_step NAME: under its limit and what is left of the budget; l
   fi
   (( limit > left )) && limit=$left
   notefile=$(mktemp)
+  refusedlog=$(mktemp)
   echo "== $name (limit ${limit}s, $(date -u +%H:%M:%S))" | tee -a "$LOG"
   t0=$(date +%s.%N)
   # timeout signals the step's whole process group; -k: a step that ignores SIGTERM is killed 10 s later.
-  STEP_LIMIT=$limit STEP_NOTE=$notefile timeout -k 10 "$limit" bash "$SELF" --one "$name" $REHEARSE_FLAG 2>&1 \
-    | tee -a "$LOG"
+  VIDEOMAE_REFUSED_IMPORTS=$refusedlog STEP_LIMIT=$limit STEP_NOTE=$notefile \
+    timeout -k 10 "$limit" bash "$SELF" --one "$name" $REHEARSE_FLAG 2>&1 | tee -a "$LOG"
   rc=${PIPESTATUS[0]}
   secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  if (( REHEARSE )) && [[ -s "$refusedlog" ]]; then
+    refused=$("$PY" -m bench.imports refused "$refusedlog")
+    echo "refused imports (not in the GPU image, not carried): $refused" >> "$notefile"
+    echo "== $name: refused imports (absent on the GPU machine): $refused" | tee -a "$LOG"
+  fi
+  rm -f "$refusedlog"
   local text
   text=$(tr '\n' ' ' < "$notefile"); rm -f "$notefile"
   if (( rc == SKIP_RC )); then
@@ -193,18 +222,56 @@ run_step() {  # run_step NAME: under its limit and what is left of the budget; l
   echo "== $name: rc $rc after ${secs}s" | tee -a "$LOG"
 }
 
+step_limit() {  # step_limit NAME: its limit in this mode (--limit wins)
+  local limit=${LIMIT[$1]}
+  (( REHEARSE )) && limit=${REHEARSE_LIMIT[$1]}
+  [[ -n "${GIVEN_LIMIT[$1]:-}" ]] && limit=${GIVEN_LIMIT[$1]}
+  echo "$limit"
+}
+
+plan() {  # plan STEP...: each step with its limit, the total against the budget, what is carried; rc 1 if over
+  local s total=0 rc=0 path mib carried=0
+  printf '%-10s %8s\n' step limit_s
+  for s in "$@"; do
+    printf '%-10s %8d\n' "$s" "$(step_limit "$s")"
+    (( total += $(step_limit "$s") ))
+  done
+  printf '%-10s %8d  budget %d s\n' total "$total" "$BUDGET_S"
+  if (( total > BUDGET_S )); then
+    echo "gpu.sh: the steps' limits add up to ${total} s, over the ${BUDGET_S} s budget" >&2
+    rc=1
+  fi
+  echo "image: ${IMAGE[*]}"
+  for path in "${CARRY[@]}"; do
+    if [[ -e "$path" ]]; then
+      mib=$(du -sm "$path" | cut -f1)
+      (( carried += mib ))
+      echo "carry: $path (${mib} MiB)"
+    else
+      echo "carry: $path (missing here: the step that uses it leaves that part out)"
+    fi
+  done
+  echo "carry total: ${carried} MiB (at most ${CARRY_MAX_MIB} MiB)"
+  if (( carried > CARRY_MAX_MIB )); then
+    echo "gpu.sh: what must be carried is ${carried} MiB, over the device tool's ${CARRY_MAX_MIB} MiB" >&2
+    rc=1
+  fi
+  return $rc
+}
+
 usage() {
-  sed -n '2,17p' "$SELF" | sed 's/^# \{0,1\}//'
+  sed -n '2,38p' "$SELF" | sed 's/^# \{0,1\}//'
   echo "steps: ${STEPS[*]}"
 }
 
 main() {
-  local only="" budget="" one="" kv
+  local only="" budget="" one="" kv show_plan=0
   REHEARSE=0
   declare -gA GIVEN_LIMIT=()
   while (( $# )); do
     case "$1" in
       --rehearse) REHEARSE=1 ;;
+      --plan) show_plan=1 ;;
       --steps) only=$2; shift ;;
       --budget) budget=$2; shift ;;
       --one) one=$2; shift ;;
@@ -230,9 +297,9 @@ main() {
     unset TRITON_INTERPRET  # GPU figures never come from the interpreter
   fi
   export REHEARSE_FLAG RES=${BENCH_RESULTS:-$ROOT/bench/results}
-  mkdir -p "$RES"
   if [[ -n "$one" ]]; then  # inside run_step: one step, its rc is the step's
     [[ " ${STEPS[*]} " == *" $one "* ]] || { echo "gpu.sh: no step '$one' (steps: ${STEPS[*]})" >&2; return 2; }
+    mkdir -p "$RES"
     "step_$one"
     return
   fi
@@ -244,10 +311,20 @@ main() {
       [[ " ${STEPS[*]} " == *" $s "* ]] || { echo "gpu.sh: no step '$s' (steps: ${STEPS[*]})" >&2; return 2; }
     done
   fi
-  budget=${budget:-$( (( REHEARSE )) && echo 2400 || echo 540 )}
+  budget=${budget:-$( (( REHEARSE )) && echo "$REHEARSE_BUDGET" || echo "$BUDGET" )}
   [[ "$budget" =~ ^[0-9]+$ ]] || { echo "gpu.sh: --budget takes whole seconds, got '$budget'" >&2; return 2; }
+  BUDGET_S=$budget
+  if (( show_plan )); then
+    plan "${selected[@]}"
+    return
+  fi
+  mkdir -p "$RES"
   DEADLINE=$(( $(date +%s) + budget ))
   export BENCH_RUN=${BENCH_RUN:-$(date -u +%Y%m%dT%H%M%SZ)-gpu-sh-$$}
+  # One compile cache for every process of the run (and for a rerun on the same machine).
+  local cache=${VIDEOMAE_GPU_CACHE:-${TMPDIR:-/tmp}/videomae-gpu-cache}
+  export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$cache/inductor}
+  export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$cache/triton}
   LOG=${OUT:+$OUT/gpu.log}
   LOG=${LOG:-$RES/gpu.log}
   [[ -n "${OUT:-}" ]] && mkdir -p "$OUT"
@@ -255,11 +332,23 @@ main() {
   FAILED=()
   {
     echo "gpu.sh: run $BENCH_RUN, steps ${selected[*]}, budget ${budget}s, rehearse $REHEARSE, python $PY"
-    [[ -d .git || -n "${GIT_SHA:-}" ]] || echo "gpu.sh: no .git and no GIT_SHA: rows will say git_sha 'unknown'"
+    [[ -e .git || -n "${GIT_SHA:-}" ]] || echo "gpu.sh: no .git and no GIT_SHA: rows will say git_sha 'unknown'"
   } | tee -a "$LOG"
+  local image_dir=""
+  if (( REHEARSE )); then  # every Python process of the steps sees the GPU image's packages only
+    image_dir=$(mktemp -d)
+    "$PY" -m bench.imports setup --dir "$image_dir" --image "${IMAGE[*]}" 2>&1 | tee -a "$LOG"
+    if [[ ! -f "$image_dir/sitecustomize.py" ]]; then
+      echo "gpu.sh: could not set up the GPU image's packages for the rehearsal (bench.imports setup)" | tee -a "$LOG"
+      rm -rf "$image_dir"
+      return 1
+    fi
+    export PYTHONPATH="$image_dir${PYTHONPATH:+:$PYTHONPATH}"
+  fi
   for s in "${selected[@]}"; do
     run_step "$s"
   done
+  [[ -n "$image_dir" ]] && rm -rf "$image_dir"
   "$PY" -m bench.common summary | tee -a "$LOG"
   if (( ${#FAILED[@]} )); then
     echo "gpu.sh: FAILED steps: ${FAILED[*]}" | tee -a "$LOG"

@@ -2,14 +2,14 @@
 
     python bench/loader.py                 # CPU: bench/results/loader-cpu.json ({"rows": [...]}) and loader-cpu.md
     python bench/loader.py --rehearse      # the same at tiny sizes, in seconds (CI; bench/gpu.sh --rehearse)
-    python bench/loader.py --gpu           # GPU: NVDEC clips/s (or why not) and GpuAugment ms per batch
+    python bench/loader.py --gpu           # GPU: NVDEC clips/s (or why not) and DeviceFeed ms per batch
 
 Sources: `raw` = synthetic 10 s, 30 fps H.264 at 480x852 and 4.5 Mbps (x264 veryfast, GOP 250, what
 ffmpeg writes by default), grain included so motion search and entropy coding work as on footage; `prepped`
 = the same videos through `videomae data prep` (short side 256, GOP 16, non-reference B-frames).
 Recipes: K400 (16 frames, stride 4) and SSv2 (16 frames, stride 2), `num_sample` 1 and 4 (one decode
 serves every clip of a video). `aug`: `gpu` = the worker only decodes and draws crop boxes and ships uint8
-frames (GpuAugment does the rest on the GPU), `cpu` = crop/resize/normalize in the worker as well.
+frames (DeviceFeed does the rest on the GPU), `cpu` = crop/resize/normalize in the worker as well.
 
 Per core = clips per second of process CPU time (one thread, in process): robust to the other jobs of a
 shared machine; the wall-clock rate is kept beside it. Projected to 16 cores = per core x 16 (the worker
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from bench.common import ResultWriter, results_dir
-from videomae.data import GpuAugment, MaskGenerator, PretrainDataset, VideoRecord, build_loader
+from videomae.data import DeviceFeed, MaskGenerator, PretrainDataset, VideoRecord, build_loader
 from videomae.data import datasets as DS
 from videomae.data import decode as D
 from videomae.data.loader import default_cache_dir
@@ -226,23 +226,25 @@ def through_loader(records, rate: int, num_sample: int, backend: str, aug: str, 
             "clips_per_s_per_core": round(per_core, 1), "projected_16_cores": round(16 * per_core)}
 
 
-# ---------------------------------------------------------------- GPU: GpuAugment and NVDEC
+# ---------------------------------------------------------------- GPU: DeviceFeed and NVDEC
 
 
 def gpu_augment_row(device: str, clips: int, hw: tuple[int, int], repeats: int) -> dict:
-    """GpuAugment on a batch of uint8 clips as the loader ships them (random pixels: the cost does not depend
-    on them), with and without the host-to-device copy from pinned memory."""
+    """`DeviceFeed` (the training step's `prepare`: batched crop + resize to uint8 clips) on a batch of uint8 crops
+    as the loader ships them (random pixels: the cost does not depend on them), with the frames already on the
+    device and with the side-stream copy from pinned memory."""
     g = torch.Generator().manual_seed(0)
     frames = torch.randint(0, 256, (clips, NUM_FRAMES, *hw, 3), dtype=torch.uint8, generator=g)
     rng = np.random.default_rng(0)
     from videomae.data.transforms import multiscale_crop_box
 
     boxes = torch.tensor([multiscale_crop_box(hw[0], hw[1], SIZE, rng) for _ in range(clips)])
-    aug = GpuAugment(SIZE)
+    feed = DeviceFeed(device, SIZE)
+    masks = torch.zeros(clips, 8, dtype=torch.bool)
     cuda = device.startswith("cuda")
     if cuda:
-        frames = frames.pin_memory()
-    on_device = frames.to(device)
+        frames, boxes = frames.pin_memory(), boxes.pin_memory()
+    on_device = frames.to(device), boxes.to(device)
 
     def timed(fn) -> float:
         fn()
@@ -257,9 +259,10 @@ def gpu_augment_row(device: str, clips: int, hw: tuple[int, int], repeats: int) 
             times.append(time.perf_counter() - t0)
         return float(np.median(times)) * 1e3
 
-    ms = timed(lambda: aug(on_device, boxes))
-    ms_copy = timed(lambda: aug(frames, boxes, device=device)) if cuda else ms
-    return {"kind": "gpu_augment", "clips": clips, "frame_hw": list(hw), "ms_per_batch": round(ms, 2),
+    ms = timed(lambda: feed((*on_device, masks)))
+    ms_copy = timed(lambda: feed((frames, boxes, masks))) if cuda else ms
+    return {"kind": "gpu_augment", "impl": "DeviceFeed", "clips": clips, "frame_hw": list(hw),
+            "ms_per_batch": round(ms, 2),
             "ms_per_batch_with_copy": round(ms_copy, 2), "clips_per_s": round(clips / ms * 1e3, 1),
             "copy_bytes_per_clip": NUM_FRAMES * hw[0] * hw[1] * 3, "threads": torch.get_num_threads()}
 
@@ -305,7 +308,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rehearse", action="store_true", help="tiny sizes, seconds: checks every path of the script")
-    p.add_argument("--gpu", action="store_true", help="NVDEC clips/s (or why not) and GpuAugment on the GPU")
+    p.add_argument("--gpu", action="store_true", help="NVDEC clips/s (or why not) and DeviceFeed on the GPU")
     p.add_argument("--videos", type=int, default=6)
     p.add_argument("--items", type=int, default=12, help="videos timed per in-process row")
     p.add_argument("--batches", type=int, default=4, help="timed batches per DataLoader row")

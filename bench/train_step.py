@@ -1,22 +1,32 @@
-"""End-to-end VideoMAE pretraining step (forward + loss + backward + AdamW): the step `videomae pretrain` runs,
-at the CLI's defaults, against its eager reference and its peers, in one process on the same random clips.
+"""End-to-end VideoMAE pretraining step (prepare + forward + loss + backward + AdamW): the step `videomae pretrain`
+runs, at the CLI's defaults, against its eager reference and its peers, in one process.
 
 Rows (`--peers`, in this order per batch size, then the extra compile / CUDA-graph rows):
-- `fast`      `videomae.train.engine.Trainer` -> `engine.train_step`, the CLI's `StepConfig` defaults (CUDA: bf16
+- `fast`      `videomae.train.trainer.Trainer` -> `train.step.train_step` on `videomae pretrain`'s loss with the
+              CLI's `prepare` (videomae.data.feed.DeviceFeed) and the CLI's `StepConfig` defaults (CUDA: bf16
               autocast, fused ops, auto attention, fused AdamW, torch.compile); `--compile both` adds the other
               compile setting, `--cuda-graphs` a whole-step CUDA graph row.
-- `eager`     the same model and step under `StepConfig.eager_reference` (ops backend torch, eager attention), bf16.
+- `eager`     the same model, prepare and step under `StepConfig.eager_reference` (ops backend torch, eager
+              attention), bf16.
 - `hf`        transformers VideoMAEForPreTraining, sdpa, bf16 (bench/peers.py).
 - `official`  MCG-NJU/VideoMAE from the git-ignored checkout `$VIDEOMAE_OFFICIAL`, fp16 + GradScaler as its engine.
+
+Inputs. Ours get what the GPU-augmentation loader hands the CLI's `prepare`: uint8 crops of a Kinetics clip at short
+side 320 (`--source`, drawn by the official multiscale crop, zero-padded to the batch's largest; random pixels), their
+boxes and TokenIds, in pinned host memory; the side-stream copy and the batched crop + resize run inside each timed
+step, as in `videomae pretrain`. The peers get ImageNet-normalized fp32 clips already on the device (their input
+pipeline is not timed: the comparison favours them).
 
 Per row: clips/s and step ms (median / p20 / p80 of back-to-back steps, CUDA events at each step boundary, one
 sync at the end), peak memory (per clip), FLOPs per clip counted by bench/flops.py, MFU against the bf16 matmul
 rate measured at the start, the backends that actually ran and bench.common's provenance. Each row is written as
 soon as it is measured (bench.common.ResultWriter: `--out DIR`, else bench/results; mirrored into $OUT).
+Compiles are shared across rows: no dynamo reset between them, static shapes (one compile per batch size, as the
+CLI compiles once), inductor's FX-graph and Triton caches hit for what an earlier row compiled.
 
     python bench/train_step.py --rehearse --out DIR        # CPU, tiny shapes: every code path and peer
-    python bench/train_step.py --batch-sizes 64 128 --peers fast,eager,hf,official --compile both --cuda-graphs \\
-        --out DIR --budget 300
+    python bench/train_step.py --batch-sizes 32 --peers fast,eager,hf,official --out DIR --budget 120
+    python bench/train_step.py --batch-sizes 64 128 --peers fast --compile both --cuda-graphs --out DIR
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -36,15 +47,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import videomae  # noqa: E402
-from bench import peers  # noqa: E402
+from bench import common, peers  # noqa: E402
 from bench.common import ResultWriter, Timing, tf32  # noqa: E402
 from bench.flops import MODELS, _ScalarsOnCpu, pretrain_flops, shape_of  # noqa: E402
 from videomae import attention  # noqa: E402
+from videomae.data.feed import DeviceFeed  # noqa: E402
+from videomae.data.transforms import multiscale_crop_box  # noqa: E402
 from videomae.masking import token_ids, tube_mask  # noqa: E402
-from videomae.train import engine  # noqa: E402
+from videomae.train import step as train  # noqa: E402
+from videomae.train.pretrain import pretrain_loss  # noqa: E402
+from videomae.train.recipe import Options, Recipe, Schedule  # noqa: E402
+from videomae.train.trainer import Trainer  # noqa: E402
 
 PEERS = ("fast", "eager", "hf", "official")
-REHEARSAL = dict(model="tiny", frames=16, size=32, ratio=0.5, batch_sizes=[2])
+OURS = ("fast", "eager")
+SOURCE_HW = (320, 428)  # a Kinetics clip resized to short side 320, as the official lists ship them
+REHEARSAL = dict(model="tiny", frames=16, size=32, ratio=0.5, batch_sizes=[2], source=(40, 52))
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -63,18 +81,47 @@ def meta_model(model: str, frames: int, size: int):
         return videomae.create_model(name, **kw)
 
 
-def make_inputs(spec: dict, device: torch.device, hf: bool, sets: int = 2):
-    """`sets` resident batches (rotated between steps): random clips made on the device (never zeros), tube
-    masks made on the CPU and turned into TokenIds there, as the loader's collate does."""
+def _grid(spec: dict) -> tuple[int, int, int]:
+    s = peers.sizes(meta_model(spec["model"], spec["frames"], spec["size"]))
+    return spec["frames"] // s["tubelet_size"], spec["size"] // s["patch_size"], spec["size"] // s["patch_size"]
+
+
+def make_inputs(spec: dict, device: torch.device, hf: bool, sets: int = 2) -> list[tuple]:
+    """The peers' input: `sets` resident batches (rotated between steps) of random clips made on the device (never
+    zeros), tube masks made on the CPU -> (videos, ids, mask, hf_videos)."""
     batch, frames, size, ratio = spec["batch"], spec["frames"], spec["size"], spec["ratio"]
-    s = peers.sizes(meta_model(spec["model"], frames, size))
-    grid = (frames // s["tubelet_size"], size // s["patch_size"], size // s["patch_size"])
+    grid = _grid(spec)
     out = []
     for _ in range(sets):
         videos = torch.randn(batch, 3, frames, size, size, device=device)  # ~ ImageNet-normalized pixels
         mask = tube_mask(batch, grid, ratio)
         ids = token_ids(mask).to(device)
         out.append((videos, ids, mask.to(device), videos.transpose(1, 2).contiguous() if hf else None))
+    return out
+
+
+def loader_batches(spec: dict, device: torch.device, sets: int = 2, seed: int = 0) -> list[tuple]:
+    """Our input: `sets` batches (rotated between steps) as the GPU-augmentation loader hands them to the CLI's
+    `prepare`, in pinned host memory -> (frames uint8 [B, T, h, w, 3], boxes int64 [B, 4], TokenIds).
+
+    Each clip's crop is drawn by the official multiscale crop from a `spec["source"]` frame (random pixels), the
+    batch zero-padded to its largest crop (what the workers ship, videomae.data.datasets._crops)."""
+    batch, frames, size, ratio = spec["batch"], spec["frames"], spec["size"], spec["ratio"]
+    src_h, src_w = spec["source"]
+    grid = _grid(spec)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    pin = device.type == "cuda"
+    out = []
+    for _ in range(sets):
+        crops = [multiscale_crop_box(src_h, src_w, size, rng)[2:] for _ in range(batch)]  # (h, w)
+        h, w = max(c[0] for c in crops), max(c[1] for c in crops)
+        data = torch.randint(0, 256, (batch, frames, h, w, 3), dtype=torch.uint8, generator=gen)
+        boxes = torch.tensor([(0, 0, ch, cw) for ch, cw in crops], dtype=torch.int64)
+        ids = token_ids(tube_mask(batch, grid, ratio))
+        if pin:
+            data, boxes, ids = data.pin_memory(), boxes.pin_memory(), ids.pin_memory()
+        out.append((data, boxes, ids))
     return out
 
 
@@ -95,33 +142,36 @@ class _OpNames(TorchDispatchMode):
 
 
 def build_ours(spec: dict, device: torch.device, inputs: list):
-    """Our model and optimizer, stepped by `engine.Trainer` (the function `videomae pretrain` runs)."""
-    base = engine.StepConfig() if spec["peer"] == "fast" else engine.StepConfig.eager_reference(
+    """Our model stepped by `Trainer` on `videomae pretrain`'s loss (what the CLI builds), with the CLI's `prepare`
+    (DeviceFeed) inside the step."""
+    base = train.StepConfig() if spec["peer"] == "fast" else train.StepConfig.eager_reference(
         "bf16" if device.type == "cuda" else "fp32")
     config = base.replace(compile=spec["compile"], cuda_graphs=spec["cuda_graphs"],
-                          compile_backend=spec["compile_backend"]).resolve(device, pretraining=True)
+                          compile_backend=spec["compile_backend"])
     name, kw = model_kwargs(spec["model"], spec["frames"], spec["size"])
     net = videomae.create_model(name, **kw).to(device)
-    engine.apply_config(net, config)
-    opt = engine.make_optimizer(net, lr=1.5e-4, config=config)
-    precision = engine.Precision(config.precision, device)
-    trainer = engine.Trainer(net, opt, [1.5e-4], None, precision, config=config, max_skipped=0)
-    objective = engine.pretrain_objective(net, config)
-    videos, ids = inputs[0][:2]
+    feed = DeviceFeed(device, spec["size"])
+    trainer = Trainer(Recipe(net, pretrain_loss, Schedule.constant(1.5e-4), prepare=feed),
+                      Options(step=config, max_skipped=0))
+    config, precision = trainer.config, trainer.precision  # resolved for the device
+    videos, ids = feed(inputs[0])
     names = _OpNames()
-    with torch.no_grad(), engine.ops_context(config), precision.autocast(), names:
-        net.forward_loss(videos, net(videos, ids), ids)
+    with torch.no_grad(), train.ops_context(config), precision.autocast(), names:
+        pretrain_loss(net, (videos, ids))
     backend = ",".join(sorted(names.names)) or "none"
     a = net.decoder.blocks[0].attn
     tokens = ids.visible.shape[1] + ids.decoded.shape[1]  # the decoder's sequence: what auto picks for
     q = torch.empty(spec["batch"], a.num_heads, tokens, a.proj.in_features // a.num_heads, device=device,
                     dtype=precision.dtype)
+    frames, boxes, _ = inputs[0]
     extra = {"precision": config.precision, "attention": attention.select_backend(q, q, q, name=config.attention).name,
-             "switches": config.as_dict()}
-    position = engine.Position()
+             "switches": config.as_dict(), "clip_dtype": str(videos.dtype).removeprefix("torch."),
+             "input": "uint8 crops in pinned host memory -> DeviceFeed (side-stream copy, batched crop + resize), "
+                      "timed inside the step",
+             "frames_hw": list(frames.shape[2:4]), "copy_mb_per_step": round(frames.nbytes / 1e6, 1)}
 
-    def step(videos, ids, mask, hf_videos):
-        trainer.step([(videos, ids)], objective, position, flush=False)
+    def step(batch):
+        trainer.step([batch], flush=False)
 
     def losses() -> list[float | None]:
         return [r["loss"] for r in trainer.flush()]
@@ -139,7 +189,8 @@ def build_peer(spec: dict, device: torch.device, args):
         backend, precision = "official-eager", "fp16+GradScaler" if device.type == "cuda" else "fp32"
     out: list[torch.Tensor] = []
 
-    def step(videos, ids, mask, hf_videos):
+    def step(batch):
+        videos, _, mask, hf_videos = batch
         out.append(fn(videos, mask, hf_videos))
 
     def losses() -> list[float | None]:
@@ -147,7 +198,8 @@ def build_peer(spec: dict, device: torch.device, args):
         out.clear()
         return values
 
-    return step, losses, backend, {"precision": precision, "attention": backend}, False
+    return step, losses, backend, {"precision": precision, "attention": backend, "clip_dtype": "float32",
+                                   "input": "fp32 clips resident on the device (not timed)"}, False
 
 
 # --------------------------------------------------------------------------------------------- one row
@@ -157,7 +209,7 @@ def time_steps(step, inputs: list, device: torch.device, warmup: int, steps: int
     """Back-to-back steps, a timestamp at each boundary, one wait at the end: the steady state of a training
     loop (host work overlaps the device), not isolated calls."""
     for i in range(warmup):
-        step(*inputs[i % len(inputs)])
+        step(inputs[i % len(inputs)])
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
@@ -166,7 +218,7 @@ def time_steps(step, inputs: list, device: torch.device, warmup: int, steps: int
     else:
         stamps = [time.perf_counter()]
     for i in range(steps):
-        step(*inputs[i % len(inputs)])
+        step(inputs[i % len(inputs)])
         if cuda:
             marks[i + 1].record()
         else:
@@ -188,12 +240,15 @@ def measure(spec: dict, device: torch.device, args, rate: float) -> tuple[dict, 
     row.update(gflop_per_clip=flops["fwd_bwd"] / 1e9, visible_tokens=flops["visible"])
     backend, inputs = None, None
     try:
-        inputs = make_inputs(spec, device, hf=spec["peer"] == "hf")
-        input_bytes = sum(v.nbytes + (h.nbytes if h is not None else 0) for v, _, _, h in inputs)
+        ours = spec["peer"] in OURS
+        if ours:  # host memory: nothing resident on the device before the step
+            inputs, input_bytes = loader_batches(spec, device), 0
+        else:
+            inputs = make_inputs(spec, device, hf=spec["peer"] == "hf")
+            input_bytes = sum(v.nbytes + (h.nbytes if h is not None else 0) for v, _, _, h in inputs)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
-        ours = spec["peer"] in ("fast", "eager")
         step, losses, backend, extra, use_tf32 = (build_ours(spec, device, inputs) if ours
                                                   else build_peer(spec, device, args))
         row.update(extra)
@@ -213,14 +268,14 @@ def measure(spec: dict, device: torch.device, args, rate: float) -> tuple[dict, 
     except Exception as e:  # noqa: BLE001  (recorded, and the next row runs)
         row["status"] = f"error: {type(e).__name__}: {str(e)[:300]}"
     del inputs
-    torch._dynamo.reset()
-    gc.collect()
+    gc.collect()  # no dynamo reset: the next row reuses what was compiled (see `share_compiles`)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row, backend or spec["peer"]
 
 
-CATEGORIES = (("attention", ("flash", "fmha", "attention", "sdpa", "cudnn", "softmax")),
+CATEGORIES = (("copy to device", ("memcpy htod",)),
+              ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn", "softmax")),
               ("optimizer", ("adam", "multi_tensor", "foreach")),
               ("fused ops", ("cube_embed", "decoder_input", "norm_pix_mse")),
               ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "matmul", "wgmma", "aten::mm", "addmm", "bmm", "linear")))
@@ -231,15 +286,15 @@ def profile_row(spec: dict, device: torch.device, args) -> dict:
     time goes when a target is missed."""
     from torch.profiler import ProfilerActivity, profile
 
-    inputs = make_inputs(spec, device, hf=False)
+    inputs = loader_batches(spec, device)
     step, losses, backend, _, use_tf32 = build_ours(spec, device, inputs)
     cuda = device.type == "cuda"
     with tf32(use_tf32):
         for i in range(args.warmup):
-            step(*inputs[i % 2])
+            step(inputs[i % 2])
         with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
             for i in range(3):
-                step(*inputs[i % 2])
+                step(inputs[i % 2])
             losses()
     totals: dict[str, float] = {}
     top = []
@@ -251,17 +306,18 @@ def profile_row(spec: dict, device: torch.device, args) -> dict:
         cat = next((c for c, pats in CATEGORIES if any(p in key for p in pats)), "elementwise/other")
         totals[cat] = totals.get(cat, 0.0) + us / 3e3
         top.append((round(us / 3e3, 3), e.key[:100], cat))
-    torch._dynamo.reset()
     return dict(spec, peer="profile", status="ok", ms_per_step=totals,
                 top_kernels=[dict(ms=t, name=n, category=c) for t, n, c in sorted(top, reverse=True)[:20]]), backend
 
 
-def matmul_rate(device: torch.device) -> float:
-    """FLOP/s of a large bf16 matrix product on random data (median of 10 after 3 warm-ups)."""
-    n, reps = (8192, 10) if device.type == "cuda" else (256, 3)
-    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
-    t = time_steps(lambda: a @ b, [()], device, 3, reps)
-    return 2 * n**3 / (t.median_ms / 1e3)
+def share_compiles():
+    """Every row of the process on one set of compiles (a context: the settings end with the run): static shapes
+    (each batch size compiles once, as the CLI compiles once for its batch, not the dynamic-batch graph automatic
+    dynamic shapes would make on the second size), a recompile limit no plan reaches, and a hit of it an error
+    rather than a silent eager row."""
+    cfg = torch._dynamo.config
+    return cfg.patch(automatic_dynamic_shapes=False, recompile_limit=max(cfg.recompile_limit, 64),
+                     fail_on_recompile_limit_hit=True)
 
 
 # --------------------------------------------------------------------------------------------- plan
@@ -270,9 +326,9 @@ def matmul_rate(device: torch.device) -> float:
 def plan(args, device: torch.device) -> list[dict]:
     """Rows in order of value: the table at the CLI's defaults for each batch size, then the other compile
     setting, then the CUDA-graph rows."""
-    default = engine.StepConfig().resolve(device, pretraining=True).compile
+    default = train.StepConfig().resolve(device, pretraining=True).compile
     compiles = {"default": [default], "on": [True], "off": [False], "both": [default, not default]}[args.compile]
-    base = dict(model=args.model, frames=args.frames, size=args.size, ratio=args.ratio,
+    base = dict(model=args.model, frames=args.frames, size=args.size, ratio=args.ratio, source=tuple(args.source),
                 compile_backend=args.compile_backend, cuda_graphs=False)
     rows = []
     for b in args.batch_sizes:
@@ -307,7 +363,7 @@ def summary(rows: list[dict]) -> str:
 def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rehearse", action="store_true", help="CPU, tiny shapes: every code path, peers, result writing")
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[32])
     ap.add_argument("--peers", default="fast,eager,hf,official", help=f"comma list of {','.join(PEERS)}")
     ap.add_argument("--compile", default="default", choices=("default", "on", "off", "both"),
                     help="the fast rows: the CLI's default (on for CUDA), on, off, or both (default first)")
@@ -317,6 +373,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--ratio", type=float, default=0.9)
+    ap.add_argument("--source", type=int, nargs=2, default=list(SOURCE_HW), metavar=("H", "W"),
+                    help="frame size the loader crops from (default %(default)s: Kinetics at short side 320)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--budget", type=float, default=None, help="seconds: rows not started by then are recorded as "
@@ -338,7 +396,8 @@ def parse(argv=None) -> argparse.Namespace:
     except FileNotFoundError as e:
         ap.error(str(e))
     if args.rehearse:
-        args.model, args.frames, args.size, args.ratio = (REHEARSAL[k] for k in ("model", "frames", "size", "ratio"))
+        args.model, args.frames, args.size, args.ratio, args.source = (
+            REHEARSAL[k] for k in ("model", "frames", "size", "ratio", "source"))
         args.batch_sizes, args.warmup, args.steps = REHEARSAL["batch_sizes"], 1, 2
     if args.official is None and "official" in args.peers:
         print("official peer skipped: no checkout ($VIDEOMAE_OFFICIAL / --official)", flush=True)
@@ -353,29 +412,31 @@ def main(argv=None) -> list[dict]:
         raise SystemExit("bench/train_step.py: no CUDA device (use --rehearse on the CPU)")
     start = time.monotonic()
     writer = ResultWriter("train_step", Path(args.out) if args.out else None)
-    rate = matmul_rate(device)
+    _, tflops = common.matmul_rate(str(device), n=8192 if device.type == "cuda" else 256)
+    rate = tflops * 1e12
     print(f"{device}: bf16 matmul {rate / 1e12:.2f} TFLOP/s; writing {writer.path}", flush=True)
-    rows = []
-    for spec in plan(args, device):
-        spec = dict(spec, matmul_tflops=rate / 1e12)
-        if spec["cuda_graphs"] and device.type != "cuda":
-            row, backend = dict(spec, status="skipped: cuda_graphs needs CUDA"), None
-        elif args.budget is not None and time.monotonic() - start > args.budget:
-            row, backend = dict(spec, status=f"skipped: --budget {args.budget:.0f} s spent"), None
-        else:
-            row, backend = measure(spec, device, args, rate)
-        rows.append(writer.add(row, backend=backend, device=str(device)))
-        r = rows[-1]
-        print(f"{r['peer']:9} compile={r['compile']!s:5} graphs={r['cuda_graphs']!s:5} batch {r['batch']:4}: "
-              + (f"{r['clips_per_s']:.1f} clips/s" if r["status"] == "ok" else r["status"]), flush=True)
-    if args.profile and (args.budget is None or time.monotonic() - start < args.budget):
-        spec = dict(plan(args, device)[0], peer="fast", matmul_tflops=rate / 1e12)
-        try:
-            row, backend = profile_row(spec, device, args)
-        except Exception as e:  # noqa: BLE001  (recorded; the table above is already written)
-            row, backend = dict(spec, peer="profile", status=f"error: {type(e).__name__}: {str(e)[:300]}"), None
-        writer.add(row, backend=backend, device=str(device))
-        print("profile ms/step:", {k: round(v, 2) for k, v in row.get("ms_per_step", {}).items()} or row["status"])
+    with share_compiles():
+        rows = []
+        for spec in plan(args, device):
+            spec = dict(spec, matmul_tflops=rate / 1e12)
+            if spec["cuda_graphs"] and device.type != "cuda":
+                row, backend = dict(spec, status="skipped: cuda_graphs needs CUDA"), None
+            elif args.budget is not None and time.monotonic() - start > args.budget:
+                row, backend = dict(spec, status=f"skipped: --budget {args.budget:.0f} s spent"), None
+            else:
+                row, backend = measure(spec, device, args, rate)
+            rows.append(writer.add(row, backend=backend, device=str(device)))
+            r = rows[-1]
+            print(f"{r['peer']:9} compile={r['compile']!s:5} graphs={r['cuda_graphs']!s:5} batch {r['batch']:4}: "
+                  + (f"{r['clips_per_s']:.1f} clips/s" if r["status"] == "ok" else r["status"]), flush=True)
+        if args.profile and (args.budget is None or time.monotonic() - start < args.budget):
+            spec = dict(plan(args, device)[0], peer="fast", matmul_tflops=rate / 1e12)
+            try:
+                row, backend = profile_row(spec, device, args)
+            except Exception as e:  # noqa: BLE001  (recorded; the table above is already written)
+                row, backend = dict(spec, peer="profile", status=f"error: {type(e).__name__}: {str(e)[:300]}"), None
+            writer.add(row, backend=backend, device=str(device))
+            print("profile ms/step:", {k: round(v, 2) for k, v in row.get("ms_per_step", {}).items()} or row["status"])
     print(summary(rows))
     return rows
 

@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from videomae.constants import IMAGENET_MEAN, IMAGENET_STD
 from videomae.data import (
-    GpuAugment,
+    DeviceFeed,
     MaskGenerator,
     PretrainDataset,
     build_finetune_dataset,
@@ -18,6 +18,7 @@ from videomae.data import (
     read_list,
     write_synthetic_dataset,
 )
+from videomae.data.transforms import normalize
 
 T, S = 8, 32  # clip frames, crop size: token grid (4, 2, 2) = 16 tokens
 
@@ -84,8 +85,13 @@ def test_gpu_aug_path_matches_cpu_path(synth):
     assert frames.shape[2] <= 48 and frames.shape[3] <= 64 and (boxes[:, :2] == 0).all()
     assert frames.shape[2:4] == tuple(boxes[:, 2:].max(0).values.tolist())
     clips, cpu_masks = cpu[1]
-    assert torch.equal(GpuAugment(S)(frames, boxes, device="cpu"), clips)
-    assert torch.equal(masks, cpu_masks)
+    # The device feed resizes in float and rounds once (the workers' uint8 kernel rounds between passes): one
+    # uint8 level, i.e. 1 / (255 std) after normalization.
+    fed, fed_masks = DeviceFeed("cpu", S)((frames, boxes, masks))
+    assert fed.dtype == torch.uint8 and fed.shape == clips.shape
+    torch.testing.assert_close(normalize(fed.transpose(1, 2)), clips, rtol=0,
+                               atol=1 / (255 * min(IMAGENET_STD)) + 1e-5)
+    assert torch.equal(fed_masks, cpu_masks) and torch.equal(masks, cpu_masks)
 
 
 def test_loader_independent_of_workers(synth):

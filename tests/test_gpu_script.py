@@ -196,3 +196,143 @@ def test_smoke_fails_a_backend_that_is_off_by_a_tenth_of_a_percent(monkeypatch):
     monkeypatch.setattr(loss_bench, "BENCH", replace(loss_bench.BENCH, fn=lambda **kw: right(**kw) * 1.001))
     bad = status(smoke.op_checks("cpu", smoke.REHEARSAL_CASE, ["torch"]))
     assert bad[("norm_pix_mse", "out")] == bad[("norm_pix_mse-v2", "out")] == "failed"
+
+
+# ---------------------------------------------------------------------------------------------- the lease (issue 20)
+
+BUDGET_S = 540  # what a lease leaves for the steps: 15 minutes of device time, less the machine's start and transfers
+
+
+def plan_lines(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, dict[str, int], dict[str, str]]:
+    res = gpu_sh(["--plan", *args], tmp_path)
+    limits, fields = {}, {}
+    for line in res.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            limits[parts[0]] = int(parts[1])
+        elif ":" in line:
+            key, _, value = line.partition(":")
+            fields.setdefault(key, value.strip())
+    return res, limits, fields
+
+
+def test_the_plan_fits_the_lease_by_construction(tmp_path):
+    res, limits, fields = plan_lines(tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    total = limits.pop("total")
+    steps = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--list"], capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert list(limits) == steps  # every step, in the order they run, each with its limit
+    assert steps[:2] == ["build", "train"] and steps[-3:] == ["tests", "sanitize", "loader"]
+    assert sum(limits.values()) == total <= BUDGET_S
+    assert all(limit >= 20 for limit in limits.values())  # gpu.sh starts no step with less than 20 s left
+    image = fields["image"].split()
+    assert {"torch", "triton", "transformers", "timm", "einops", "pillow", "pytest-benchmark"} <= set(image)
+    assert not {"av", "decord", "flash-attn", "xformers"} & set(image)
+    assert "third_party/VideoMAE" in fields["carry"]
+    assert not (tmp_path / "results" / "gpu_steps.json").exists()  # --plan runs nothing
+
+
+def test_a_plan_over_the_budget_fails(tmp_path):
+    res, limits, _ = plan_lines(tmp_path, "--limit", "train=400")
+    assert res.returncode == 1 and limits["total"] > BUDGET_S
+    assert "over the 540 s budget" in res.stderr
+
+
+def image_dir(tmp_path) -> tuple[Path, dict]:
+    """bench.imports' rehearsal image for gpu.sh's IMAGE, as gpu.sh sets it up."""
+    _, _, fields = plan_lines(tmp_path)
+    out = tmp_path / "image"
+    subprocess.run([sys.executable, "-m", "bench.imports", "setup", "--dir", str(out), "--image", fields["image"]],
+                   cwd=ROOT, check=True, capture_output=True)
+    return out, json.loads((out / "refused.json").read_text())
+
+
+def test_the_rehearsal_hides_what_the_gpu_image_lacks(tmp_path):
+    import importlib.util
+
+    out, refused = image_dir(tmp_path)
+    assert {"torch", "triton", "transformers", "numpy", "pytest", "pytest-benchmark"} <= set(refused["allowed"])
+    hidden = [m for m in refused["modules"] if importlib.util.find_spec(m) is not None]
+    if not hidden:
+        pytest.skip("every installed distribution is in the GPU image: nothing to hide here")
+    log = tmp_path / "refused.log"
+    probe = (f"import importlib.util, importlib.metadata as md, numpy, torch\n"
+             f"assert importlib.util.find_spec({hidden[0]!r}) is None\n"
+             f"try:\n    import {hidden[0]}\nexcept ModuleNotFoundError:\n    print('refused')\n")
+    env = {**os.environ, "PYTHONPATH": f"{out}{os.pathsep}{ROOT}", "VIDEOMAE_REFUSED_IMPORTS": str(log)}
+    res = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "refused", res.stdout + res.stderr
+    assert hidden[0] in log.read_text().split()
+
+
+def test_a_step_that_needs_a_package_outside_the_image_fails_the_rehearsal(tmp_path):
+    import importlib.util
+
+    (tmp_path / "probe").mkdir()
+    _, refused = image_dir(tmp_path / "probe")
+    hidden = [m for m in refused["modules"] if importlib.util.find_spec(m) is not None]
+    if not hidden:
+        pytest.skip("every installed distribution is in the GPU image: nothing to plant")
+    script = tmp_path / "python"
+    script.write_text(f"""#!/usr/bin/env bash
+case " $* " in
+  *" bench/loader.py --help "*) echo "usage: loader.py [--rehearse] [--gpu]" ;;
+  *" bench/loader.py "*) exec {sys.executable} -c "import {hidden[0]}" ;;
+  *) exec {sys.executable} "$@" ;;
+esac
+""")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    res = gpu_sh(["--rehearse", "--steps", "loader"], tmp_path, python=str(script))
+    assert res.returncode == 1, res.stdout + res.stderr
+    step = rows(tmp_path / "results" / "gpu_steps.json")[0]
+    assert step["status"] == "failed" and f"refused imports (not in the GPU image, not carried): {hidden[0]}" \
+        in step["note"]
+    assert "No module named" in (tmp_path / "out" / "gpu.log").read_text()
+
+
+def test_the_gpu_tests_that_fit_run_every_function_once_before_any_twice(tmp_path):
+    (tmp_path / "test_planted.py").write_text("""import time
+import pytest
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("i", range(3))
+def test_a(i):
+    time.sleep(1.0)
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("i", range(2))
+def test_b(i):
+    time.sleep(1.0)
+
+def test_not_gpu():
+    pass
+""")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "pytest", "-p", "bench.gpu_tests", "--gpu-budget", "2.5", "-m", "gpu",
+                          "-v", "-p", "no:cacheprovider", "-W", "ignore", "test_planted.py"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    order = [line.split()[0].split("::")[1] + " " + line.split()[1] for line in res.stdout.splitlines()
+             if line.startswith("test_planted.py::")]
+    # Every function's first case, then every function's second, ...; nothing starts once 2.5 s are spent.
+    assert order == ["test_a[0] PASSED", "test_b[0] PASSED", "test_a[1] PASSED", "test_b[1] SKIPPED",
+                     "test_a[2] SKIPPED"], res.stdout
+    assert "3 of 5 tests started (2 test functions)" in res.stdout
+
+
+@pytest.mark.slow
+def test_the_rehearsal_runs_every_step_on_the_gpu_images_packages(tmp_path):
+    """`bash bench/gpu.sh --rehearse` on this stack (CI: both), about 10 minutes on 2 cores: every step passes with
+    only the GPU image's packages importable, and the headline row is the CLI's step with its prepare."""
+    steps = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--list"], capture_output=True, text=True,
+                           check=True).stdout.split()
+    res = gpu_sh(["--rehearse"], tmp_path, timeout=3000)
+    assert res.returncode == 0, res.stdout[-8000:] + res.stderr[-2000:]
+    status = rows(tmp_path / "results" / "gpu_steps.json")
+    assert [(r["step"], r["status"]) for r in status] == [(s, "ok") for s in steps]
+    assert "rehearsal image:" in (tmp_path / "out" / "gpu.log").read_text()
+    table = rows(tmp_path / "results" / "train_step.json")
+    headline = next(r for r in table if r["peer"] == "fast")
+    assert headline["status"] == "ok" and headline["clip_dtype"] == "uint8" and "DeviceFeed" in headline["input"]
+    assert {r["peer"] for r in table} >= {"fast", "eager", "hf"}

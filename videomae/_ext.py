@@ -9,22 +9,41 @@ from __future__ import annotations
 
 import importlib
 import json
+import sysconfig
 import warnings
 from pathlib import Path
 
 import torch
 
-BUILD_INFO = Path(__file__).with_name("_build_info.json")
 _MODULE = "videomae._C"
 _state: dict | None = None  # {"available": bool, "reason": str, "warn": bool} once probed
+_info: dict | None = None  # the build record, read once
+
+
+def build_info_path(ext_suffix: str | None = None) -> Path:
+    """The build record of the extension this interpreter would load: one per extension suffix
+    (`_build_info.cpython-312-x86_64-linux-gnu.json` beside `_C.cpython-312-x86_64-linux-gnu.so`), so that builds
+    for other Pythons in the same tree keep their own."""
+    suffix = ext_suffix if ext_suffix is not None else sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    return Path(__file__).with_name(f"_build_info{suffix.removesuffix('.so')}.json")
 
 
 def build_info() -> dict:
-    """What setup.py recorded when it built the extension (archs, torch, torch_cuda, nvcc, ...); {} if not built."""
-    try:
-        return json.loads(BUILD_INFO.read_text())
-    except (OSError, ValueError):
-        return {}
+    """What setup.py recorded when it built this interpreter's extension (archs, torch, torch_cuda, nvcc, ...);
+    {} if not built. Read once per process, at import of the CUDA backend (never inside a traced step)."""
+    global _info
+    if _info is None:
+        try:
+            _info = json.loads(build_info_path().read_text())
+        except (OSError, ValueError):
+            _info = {}
+    return _info
+
+
+def other_builds() -> list[str]:
+    """Build records in this tree for other interpreters (one tree, two venvs: CI's pinned stack), by file name."""
+    own = build_info_path().name
+    return sorted(p.name for p in build_info_path().parent.glob("_build_info.*.json") if p.name != own)
 
 
 def _abi_mismatch(info: dict) -> str | None:

@@ -110,10 +110,16 @@ def capability(device: torch.device | str | torch.Tensor) -> tuple[int, int]:
         return (0, 0)
     idx = torch.cuda.current_device() if device.index is None else device.index
     if idx not in _CAPABILITY:
-        if torch.compiler.is_compiling():  # a write here would change a dict dynamo guards on: read it eagerly first
-            return torch.cuda.get_device_capability(idx)
-        _CAPABILITY[idx] = torch.cuda.get_device_capability(idx)
+        if torch.compiler.is_compiling():  # a write here would change a dict dynamo guards on
+            return _read_capability(idx)
+        _CAPABILITY[idx] = _read_capability(idx)
     return _CAPABILITY[idx]
+
+
+@torch._dynamo.assume_constant_result
+def _read_capability(idx: int) -> tuple[int, int]:
+    """The driver's answer, read outside any traced region (dynamo calls it when tracing and keeps a constant)."""
+    return tuple(torch.cuda.get_device_capability(idx))
 
 
 def device_class(device: torch.device | str | torch.Tensor) -> str:

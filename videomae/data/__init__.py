@@ -7,7 +7,7 @@ None for the built-in synthetic dataset, written once under $VIDEOMAE_CACHE or ~
     ds = build_pretrain_dataset(args.data_path, num_frames=16, sampling_rate=4, input_size=224,
                                 mask_type="tube", mask_ratio=0.9, num_sample=4, seed=args.seed,
                                 root=None,            # official --data_root prefix for relative list paths
-                                gpu_aug=False)        # True: workers ship uint8 frames, see GpuAugment
+                                gpu_aug=False)        # True: workers ship uint8 frames, see DeviceFeed
     loader = build_loader(ds, batch_size=args.batch_size, num_workers=args.num_workers,
                           seed=args.seed, distributed=is_distributed)   # this rank's shard when True
     for epoch in range(start_epoch, epochs):
@@ -27,9 +27,9 @@ schedule, data=loader, prepare=...)` then `fit()`.
 `batch_size` counts videos; with `num_sample=k` every video gives k clips (independent temporal
 offsets and crops, one decode) and a batch holds `batch_size * k` clips. With `gpu_aug=True` a batch
 is `(frames uint8 [B', T, h, w, 3], the crops zero-padded to the largest, boxes int64 [B', 4], ids)` and
-`GpuAugment(input_size)(frames, boxes, device="cuda")` returns the float clips (or uint8
-`[B', 3, T, S, S]` with `normalize=False` for a uint8 patch embedding). `decoder_mask_ratio=0.5`
-adds the V2 running-cell decoder mask (`ids.scored`: the decoded cubes the loss counts).
+`DeviceFeed("cuda", input_size)(batch)` (`videomae.data.feed`) returns uint8 clips `[B', 3, T, S, S]` and the ids
+on the device (the fused ops normalize uint8 as they read it). `decoder_mask_ratio=0.5` adds the V2 running-cell
+decoder mask (`ids.scored`: the decoded cubes the loss counts).
 
 Fine-tuning / evaluation loaders (labeled list files, e.g. `synthetic_lists()['train' | 'val']`):
 
@@ -61,7 +61,8 @@ Datasets pickle (spawn or fork workers) and need no worker seeding: every sample
 
 from videomae.data.datasets import ClipCollate, FinetuneDataset, MaskGenerator, PretrainDataset
 from videomae.data.decode import VideoReadError, decoder_report, read_frames
-from videomae.data.gpu_aug import GpuAugment, pad_frames
+from videomae.data.feed import DeviceFeed
+from videomae.data.gpu_aug import pad_frames
 from videomae.data.lists import ListSyntaxError, VideoRecord, load_records, read_list, scan_directory
 from videomae.data.loader import (
     EpochSampler,
@@ -83,7 +84,7 @@ _SYNTH = {"SYNTH_CLASSES": "CLASSES", "ensure_synthetic_dataset": "ensure_synthe
 
 def __getattr__(name: str):
     # The synthetic dataset writes videos with PyAV; imported on first use so that machines without PyAV
-    # (the GPU boxes) can still import the loader, GpuAugment and the NVDEC decoder.
+    # (the GPU boxes) can still import the loader, DeviceFeed and the NVDEC decoder.
     if name in _SYNTH:
         from videomae.data import synth
 
@@ -92,7 +93,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "SYNTH_CLASSES", "ClipCollate", "EpochSampler", "FinetuneDataset", "GpuAugment", "ListSyntaxError", "MaskGenerator",
+    "SYNTH_CLASSES", "ClipCollate", "DeviceFeed", "EpochSampler", "FinetuneDataset", "ListSyntaxError",
+    "MaskGenerator",
     "PretrainDataset", "RandAugment", "SkipSummary", "SkippedFileWarning", "VideoLoader", "VideoReadError",
     "VideoRecord", "build_finetune_dataset", "build_loader", "build_pretrain_dataset", "decoder_report",
     "default_cache_dir",

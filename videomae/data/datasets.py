@@ -112,8 +112,8 @@ class PretrainDataset(RobustVideoDataset):
     item, num_sample == 1:  (clip float [3, T, S, S], mask Bool [N])
     item, num_sample == k:  (clips [k, 3, T, S, S], masks [k, N])      -> `ClipCollate` flattens to B*k
     with `gpu_aug=True` the clip is replaced by its uncut crop `frames uint8 [(k,) T, h, w, 3]` (zero-padded
-    to the largest of the k) and `box int64 [(k,) 4] = (0, 0, h, w)`; `GpuAugment` resizes and normalizes
-    in the training process.
+    to the largest of the k) and `box int64 [(k,) 4] = (0, 0, h, w)`; `videomae.data.feed.DeviceFeed` resizes
+    them in the training process.
     A mask is whatever `mask_fn(torch.Generator)` returns (a tuple for encoder + decoder masks).
     """
 

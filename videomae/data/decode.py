@@ -8,7 +8,7 @@ instance is one open file), in `auto` order:
 - `torchcodec`: torchcodec's CPU VideoDecoder (needs the FFmpeg shared libraries of the system).
 - `nvdec`:      NVIDIA's hardware decoder on the GPU through PyNvVideoCodec or torchcodec's CUDA device.
                 Frames come back as CUDA tensors, so it serves the training process, not CPU loader workers.
-CPU frames are uint8 numpy `[T, H, W, 3]` (RGB) and stay uint8 until augmentation (GpuAugment on the GPU).
+CPU frames are uint8 numpy `[T, H, W, 3]` (RGB) and stay uint8 until augmentation (DeviceFeed on the GPU).
 `decoder_report()` says which backends run here and why the others do not (`videomae info` shows it).
 `read_frames` turns every failure into `VideoReadError` with a short reason; a bad file never crashes a worker.
 The classes mirror `videomae.dispatch.Backend` (name, devices, `unavailable_reasons()`) without its op and dtype

@@ -9,12 +9,10 @@ other sources fails here, with one line saying to rebuild. Fake kernels and auto
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from videomae import _ext
-from videomae.dispatch import Backend, mark_broken, register_backend
+from videomae.dispatch import Backend, capability, mark_broken, register_backend
 
 from .library import OPS, SCHEMAS, qualname, register_fakes_and_autograd
 
@@ -29,13 +27,20 @@ def _arch(text: str) -> tuple[tuple[int, int], bool]:
     return (int(major), int(minor)), ptx.upper() == "PTX"
 
 
-@functools.cache
-def _runs_on(capability: tuple[int, int]) -> bool:
-    """Whether the built code runs on a device: a cubin of the same major and no newer minor, or older PTX."""
-    archs = _ext.build_info().get("archs", "")
-    if not archs:
+def _built_archs(archs: str) -> tuple[tuple[tuple[int, int], bool], ...]:
+    """'8.0;9.0+PTX' -> (((8, 0), False), ((9, 0), True))"""
+    return tuple(map(_arch, archs.replace(" ", ";").split(";"))) if archs else ()
+
+
+def _runs_on(capability: tuple[int, int], built: tuple | None = None) -> bool:
+    """Whether the built code runs on a device: a cubin of the same major and no newer minor, or older PTX.
+
+    `built` defaults to the archs read once at import (`BUILT_ARCHS`): dispatch runs inside torch.compile's trace,
+    where reading the build record (file I/O) cannot be traced, so this is plain arithmetic on constants."""
+    built = BUILT_ARCHS if built is None else built
+    if not built:
         return True  # no record (hand-built): let the kernel launch report it
-    for arch, ptx in map(_arch, archs.replace(" ", ";").split(";")):
+    for arch, ptx in built:
         if (arch[0] == capability[0] and arch[1] <= capability[1]) or (ptx and arch <= capability):
             return True
     return False
@@ -84,9 +89,9 @@ class CudaBackend(Backend):
             if v.is_floating_point() and v.dtype not in self.dtypes:
                 reasons.append(f"{k} has dtype {v.dtype}, needs one of {[str(d) for d in self.dtypes]}")
         cuda = [v for v in tensors.values() if v.device.type == "cuda"]
-        if cuda and not _runs_on(torch.cuda.get_device_capability(cuda[0].device)):
-            reasons.append(f"built for archs {_ext.build_info().get('archs')}, device has compute capability "
-                           f"{torch.cuda.get_device_capability(cuda[0].device)}")
+        if cuda and not _runs_on(capability(cuda[0])):
+            reasons.append(f"built for archs {BUILT_ARCHS_TEXT}, device has compute capability "
+                           f"{capability(cuda[0])}")
         videos = inputs.get("videos")
         if isinstance(videos, torch.Tensor) and videos.dim() == 5:
             channels = videos.shape[1]
@@ -99,6 +104,9 @@ class CudaBackend(Backend):
 
 
 _REASON = _register()
+# Read once, here, outside any traced region (see `_runs_on`).
+BUILT_ARCHS_TEXT = _ext.build_info().get("archs", "")
+BUILT_ARCHS = _built_archs(BUILT_ARCHS_TEXT)
 if _REASON:
     mark_broken("cuda", _REASON)
 else:

@@ -77,13 +77,14 @@ def recipe(args, run: Run, train_set, labels: Labels) -> Recipe:
 
 def _prepare(args, run: Run, train_set, num_classes: int, mixing: bool):
     """A loader batch -> (clips, target) on the device, mixed outside the step; the target is soft when mixing."""
+    from videomae.data.feed import DeviceFeed
     from videomae.data.transforms import mixup_cutmix
 
-    device = run.device
+    feed = DeviceFeed(run.device, args.input_size)  # side-stream copy from pinned memory (the workers crop)
 
     def prepare(batch):
         clips, target, video = batch
-        clips, target = clips.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        clips, target = feed((clips, target))
         if not mixing:
             return clips, target
         # A pure function of (seed, epoch, the batch's videos): resumed runs mix the same way.

@@ -70,7 +70,7 @@ def recipe(args, run: Run) -> Recipe:
                                  steps_per_epoch, args.warmup_epochs, args.warmup_steps, args.weight_decay,
                                  args.weight_decay_end)
     return Recipe(model, pretrain_loss, schedule, AdamW(args.weight_decay, args.opt_betas or (0.9, 0.95), args.opt_eps),
-                  data=loader, prepare=_prepare(args, run, gpu_aug), accum_iter=args.accum_iter,
+                  data=loader, prepare=_prepare(args, run), accum_iter=args.accum_iter,
                   clip_grad=args.clip_grad, end_of_epoch=EpochEnd(args, run, model, dataset))
 
 
@@ -79,22 +79,13 @@ def total_batch(args, run: Run) -> int:
     return args.batch_size * args.num_sample * args.accum_iter * run.info.world_size
 
 
-def _prepare(args, run: Run, gpu_aug: bool):
-    """A loader batch -> (videos, TokenIds) on the device, outside the step (the device-side augmentation too)."""
-    device = run.device
-    if gpu_aug:
-        from videomae.data.gpu_aug import GpuAugment
+def _prepare(args, run: Run):
+    """A loader batch -> (videos, TokenIds) on the device, outside the step: `DeviceFeed` copies it on a side
+    stream from pinned memory (overlapping the step before) and, for the `gpu_aug` loader's batches (uint8
+    crops + boxes), crops and resizes the whole batch there; clips stay uint8 (the fused ops normalize as they read)."""
+    from videomae.data.feed import DeviceFeed
 
-        augment = GpuAugment(args.input_size)
-
-        def prepare(batch):
-            frames, boxes, ids = batch
-            return augment(frames, boxes, device), ids.to(device, non_blocking=True)
-    else:
-        def prepare(batch):
-            videos, ids = batch
-            return videos.to(device, non_blocking=True), ids.to(device, non_blocking=True)
-    return prepare
+    return DeviceFeed(run.device, args.input_size)
 
 
 class EpochEnd:
