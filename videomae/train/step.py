@@ -195,12 +195,12 @@ class StepOut(NamedTuple):
 def grad_norm(params: list[torch.Tensor], clip: float | None = None) -> torch.Tensor:
     """Total L2 norm of the gradients (a device tensor, no sync), clipped to `clip` when given (FSDP2's
     DTensor norms gathered)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+    with_grads = [p for p in params if p.grad is not None]
+    if not with_grads:
         return torch.zeros((), device=params[0].device if params else None)
-    norm = nn.utils.get_total_norm(grads)
+    norm = nn.utils.get_total_norm([p.grad for p in with_grads])
     if clip:  # what clip_grad_norm_ does, with the norm kept: a device-side scale, no check on the host
-        nn.utils.clip_grads_with_norm_(grads, clip, norm)
+        nn.utils.clip_grads_with_norm_(with_grads, clip, norm)  # takes the parameters: it scales their .grad
     if hasattr(norm, "full_tensor"):
         norm = norm.full_tensor()
     return norm.float()
