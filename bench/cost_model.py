@@ -19,7 +19,7 @@ Kernels, as inductor would launch them:
 
 Time of a kernel = max(FLOPs / (PEAK_MATMUL * e_c), bytes / (COPY_BW * e_b)) + LAUNCH_S, with the efficiencies
 of `EFFICIENCY` (priors from published H100/H200 figures, stated with their source in the table; `correct()`
-replaces them by the ones the GPU measures: `measure_cuda()` in bench/gpu.sh).
+replaces them by the ones the GPU measures: `measure()` in bench/gpu.sh's memory step).
 
     python bench/cost_model.py            # ViT-B, B=32, 16x224x224, tube 0.9 -> bench/results/cost_model.{json,md}
     python bench/cost_model.py --measure  # on a GPU: measured time per kernel class next to the prediction
@@ -31,6 +31,7 @@ import argparse
 import json
 import operator
 import sys
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -552,34 +553,47 @@ def classify_kernel(name: str) -> str:
     return "other"
 
 
-def measure_cuda(size: str = "B", batch: int = 32, steps: int = 10, out: str | None = None) -> dict:
-    """On a GPU: the CLI step (engine.Trainer, StepConfig defaults: compile, bf16, fused ops, auto attention) under
-    torch.profiler; the CUDA time per kernel class next to this model's prediction, and the correction factor per
-    class (measured / predicted) that `correct()` defines. Written to `out` (default bench/results/cost_model-
-    cuda.json). Called by bench/gpu.sh: `python bench/cost_model.py --measure --out $OUT`."""
+def measure(size: str = "B", batch: int = 32, steps: int = 10, out: str | None = None,
+            rehearse: bool = False) -> dict:
+    """On a GPU: the CLI step (`bench/train_step.py`'s fast row: the Trainer with the CLI's StepConfig and its
+    DeviceFeed prepare, fed pinned uint8 crops) under torch.profiler; the device time per kernel class next to this
+    model's prediction, and the correction factor per class (measured / predicted) that `correct()` defines.
+    Written to `out` (default bench/results) as cost_model-cuda.json. `rehearse`: the same code on the CPU at
+    train_step's tiny shapes (host time per op, cost_model-rehearsal.json): the path bench/gpu.sh runs, not a
+    figure."""
     from torch.profiler import ProfilerActivity, profile
 
     from bench import train_step
     from bench.common import provenance
 
-    device = torch.device("cuda")
-    spec = dict(model=size, frames=16, size=224, ratio=0.9, batch=batch, peer="fast", compile=None,
+    device = torch.device("cpu" if rehearse else "cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--measure needs a CUDA device (--rehearse runs the same code on the CPU)")
+    tiny = train_step.REHEARSAL
+    spec = dict(model=tiny["model"] if rehearse else size, frames=tiny["frames"] if rehearse else 16,
+                size=tiny["size"] if rehearse else 224, ratio=tiny["ratio"] if rehearse else 0.9,
+                batch=tiny["batch_sizes"][0] if rehearse else batch,
+                source=tiny["source"] if rehearse else train_step.SOURCE_HW, peer="fast", compile=None,
                 cuda_graphs=False, compile_backend="inductor")
-    inputs = train_step.make_inputs(spec, device, hf=False)
+    steps = 2 if rehearse else steps
+    inputs = train_step.loader_batches(spec, device)
     step, losses, backend, extra, _ = train_step.build_ours(spec, device, inputs)
-    for i in range(5):  # compile and warm up outside the profile
-        step(*inputs[i % len(inputs)])
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for i in range(2 if rehearse else 5):  # compile and warm up outside the profile
+        step(inputs[i % len(inputs)])
+    losses()
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
         for i in range(steps):
-            step(*inputs[i % len(inputs)])
-        end.record()
-        torch.cuda.synchronize()
+            step(inputs[i % len(inputs)])
+        losses()  # the step is sync-free: its losses come back here, after the timed steps
+        sync()
+        step_ms = (time.perf_counter() - t0) * 1e3 / steps
     measured: dict[str, float] = defaultdict(float)
     for e in prof.key_averages():
-        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        t = getattr(e, "device_time_total", 0) if cuda else e.self_cpu_time_total
         if t:
             measured[classify_kernel(e.key)] += t / 1e3 / steps  # us -> ms per step
     ks, _ = step_kernels(size, batch)
@@ -587,12 +601,13 @@ def measure_cuda(size: str = "B", batch: int = 32, steps: int = 10, out: str | N
     pred_class: dict[str, float] = defaultdict(float)
     for k, v in pred["by_class_ms"].items():
         pred_class[k.split(" (")[0]] += v
-    result = dict(step_ms_measured=start.elapsed_time(end) / steps, step_ms_predicted=pred["step_ms"],
-                  clips_per_s_measured=batch * steps / (start.elapsed_time(end) / 1e3),
-                  clips_per_s_predicted=pred["clips_per_s"], by_class_ms_measured=dict(measured),
-                  by_class_ms_predicted=dict(pred_class), correction=correct(Efficiency(), pred_class, measured),
-                  backend=backend, attention=extra["attention"], **provenance(backend, "cuda"))
-    path = Path(out or RESULTS) / "cost_model-cuda.json"
+    result = dict(step_ms_measured=step_ms, step_ms_predicted=pred["step_ms"],
+                  clips_per_s_measured=spec["batch"] / step_ms * 1e3, clips_per_s_predicted=pred["clips_per_s"],
+                  by_class_ms_measured=dict(measured), by_class_ms_predicted=dict(pred_class),
+                  correction=correct(Efficiency(), pred_class, measured),
+                  attention=extra["attention"], spec={k: v for k, v in spec.items() if k != "source"},
+                  **provenance(backend, device.type))
+    path = Path(out or RESULTS) / f"cost_model-{'rehearsal' if rehearse else 'cuda'}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     return result
@@ -603,11 +618,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="B", choices=["S", "B", "L"])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--measure", action="store_true", help="on a GPU: measure per class next to the prediction")
+    ap.add_argument("--rehearse", action="store_true", help="with --measure: the same code on the CPU, tiny shapes")
     ap.add_argument("--attention-json", help="attention rates measured by bench/attention_timing.py instead of priors")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     if args.measure:
-        r = measure_cuda(args.model, args.batch, out=args.out)
+        r = measure(args.model, args.batch, out=args.out, rehearse=args.rehearse)
         print(json.dumps({k: v for k, v in r.items() if not isinstance(v, dict)}, indent=1))
         return 0
     r = run(args.model, args.batch, args.attention_json)

@@ -16,6 +16,9 @@
 #   ops       op microbenchmarks (python -m bench.ops)
 #   compiled  larger batches (64, 128), the other compile setting and whole-step CUDA graphs; torch.compile of
 #             each op's reference
+#   memory    what bench/memory.py and bench/cost_model.py predicted, measured: bytes per clip with the allocator's
+#             counters next to the fake-H200 figures (ours, hf, official), the attention timing that orders `auto`,
+#             and the CLI step's time per kernel class next to the cost model's prediction
 #   tests     the `gpu`-marked tests that fit the limit, broadest first (bench/gpu_tests.py)
 #   sanitize  compute-sanitizer memcheck and racecheck on our kernels
 #   loader    DeviceFeed per batch and NVDEC (bench/loader.py --gpu)
@@ -36,12 +39,13 @@
 # $OUT when set (at most 8 files: gpu.log, gpu_steps.json and the benchmarks' files); one status row per step in
 # gpu_steps.json; all output in gpu.log. Exit status 1 when a step failed or ran out of time.
 
-STEPS=(build train smoke ops compiled tests sanitize loader)
-declare -A LIMIT=([build]=100 [train]=150 [smoke]=40 [ops]=50 [compiled]=90 [tests]=50 [sanitize]=40 [loader]=20)
+STEPS=(build train smoke ops compiled memory tests sanitize loader)
+declare -A LIMIT=([build]=100 [train]=150 [smoke]=40 [ops]=40 [compiled]=75 [memory]=35 [tests]=40 [sanitize]=40
+                  [loader]=20)
 BUDGET=540
 # The CPU interpreter is slow, and CI has two cores: the rehearsal's limits are its own.
-declare -A REHEARSE_LIMIT=([build]=120 [train]=420 [smoke]=240 [ops]=240 [compiled]=540 [tests]=240 [sanitize]=180
-                          [loader]=180)
+declare -A REHEARSE_LIMIT=([build]=120 [train]=420 [smoke]=240 [ops]=240 [compiled]=540 [memory]=240 [tests]=240
+                          [sanitize]=180 [loader]=180)
 REHEARSE_BUDGET=2400
 MIN_STEP_S=20  # a step is not started with less than this left of the budget
 IMAGE=(torch triton transformers timm einops pillow tqdm pytest pytest-benchmark numpy opencv-python-headless
@@ -112,6 +116,15 @@ step_compiled() {
   fi
   # torch.compile of each op's reference: ViT-B only, as inductor compiles every shape anew.
   "$PY" -m bench.ops --impls compile --models B ${REHEARSE_FLAG} || rc=$?
+  return $rc
+}
+
+step_memory() {
+  local rc=0
+  "$PY" bench/memory.py --measure ${REHEARSE_FLAG} --peers ours hf $(official_dir >/dev/null && echo official) \
+    --out "$RES" || rc=$?
+  "$PY" bench/attention_timing.py ${REHEARSE_FLAG} --out "$RES" || rc=$?
+  "$PY" bench/cost_model.py --measure ${REHEARSE_FLAG} --out "$RES" || rc=$?
   return $rc
 }
 

@@ -15,7 +15,7 @@ policy applies (LayerNorm, softmax, MSE in fp32), SDPA runs the aten kernel PyTo
 on an H200, the fused ops dispatch to their GPU backends (their fake kernels give the GPU's dtypes), and the
 storages saved are those the GPU would hold, without allocating them. This is more faithful than emulating CUDA
 autocast with CPU autocast, whose policy differs (CPU autocast keeps a bf16 LayerNorm in bf16), and it costs
-seconds at any size. `measure_cuda` measures the same rows on a real GPU.
+seconds at any size. `measure_device` measures the same rows on a real GPU.
 - `ours`: the CLI's model and objective, dispatcher on auto (attention: what auto picks on an H200).
 - `ours-eager-attn`: the same with eager attention (the reference): what SDPA's output + log-sum-exp saves.
 - `ours-compiled`: the saved values of the training graph as inductor partitions it (`fake_step.capture_
@@ -24,7 +24,7 @@ seconds at any size. `measure_cuda` measures the same rows on a real GPU.
 
 Largest batch that fits: (capacity - model state - reserve) / (saved per clip), with model state = fp32
 weights, gradients and the two AdamW moments (16 bytes per parameter) and a 4 GiB reserve for the CUDA context,
-cuBLAS/cuDNN workspaces and the backward's transient buffers (measured on the GPU by `measure_cuda`, which
+cuBLAS/cuDNN workspaces and the backward's transient buffers (measured on the GPU by `measure_device`, which
 `bench/gpu.sh` calls; see its docstring).
 
     python bench/memory.py                          # S/B/L, every peer -> bench/results/memory.{json,md}
@@ -54,6 +54,7 @@ if str(ROOT) not in sys.path:
 import videomae  # noqa: E402
 from bench import fake_step as fs  # noqa: E402
 from bench.common import provenance  # noqa: E402
+from videomae import dispatch  # noqa: E402
 from videomae.masking import TokenIds, token_ids, tube_mask  # noqa: E402
 
 # Our hooks only count; what selective checkpointing keeps is counted by fake_step.HeldBytes.
@@ -381,14 +382,17 @@ def max_batch(per_clip_bytes: int, size: str, capacity: int) -> int:
 # --------------------------------------------------------------------------------------------- on a GPU
 
 
-def measure_cuda(peer: str = "ours", size: str = "B", batches: tuple[int, int] = (8, 16)) -> dict:
+def measure_device(peer: str = "ours", size: str = "B", batches: tuple[int, int] = (8, 16),
+                   device: str = "cuda") -> dict:
     """The same rows measured on a real GPU (`bench/gpu.sh`): per clip from two batch sizes,
     - `hooks_per_clip`: the saved_tensors_hooks count of this module on real tensors (must equal the fake figure),
     - `allocated_per_clip`: `torch.cuda.memory_allocated` after forward + loss minus before it,
     - `peak_per_clip`: `torch.cuda.max_memory_allocated` over forward + loss + backward, minus the memory before,
     each per clip as (value at batches[1] - value at batches[0]) / (batches[1] - batches[0]).
-    Compiled peers compile `forward + loss` as the CLI does; the optimizer state is not created (constant)."""
-    device = torch.device("cuda")
+    Compiled peers compile `forward + loss` as the CLI does; the optimizer state is not created (constant).
+    On the CPU (bench/gpu.sh --rehearse) only the hooks figure exists: the allocator's counters are CUDA's."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
     rows = {}
     for batch in batches:
         net = build(peer, size, meta=False).to(device).train()
@@ -402,27 +406,30 @@ def measure_cuda(peer: str = "ours", size: str = "B", batches: tuple[int, int] =
         if compiled:  # as the CLI compiles (with the partitioner settings it applies)
             _recompute().apply_compile_settings()
             step = torch.compile(step, fullgraph=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
                 step().backward()  # compile outside the measurement
             net.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated() if cuda else 0
         with _attention_switch(peer), fs.SavedBytes(tracker, fs.state_storages(net)) as saved, \
-                torch.autocast("cuda", dtype=torch.bfloat16):
+                torch.autocast(device.type, dtype=torch.bfloat16):
             loss = step()
-        after_forward = torch.cuda.memory_allocated()
+        after_forward = torch.cuda.memory_allocated() if cuda else None
         loss.backward()
-        torch.cuda.synchronize()
-        rows[batch] = dict(hooks=sum(saved.by_component.values()), allocated=after_forward - before,
-                           peak=torch.cuda.max_memory_allocated() - before)
+        rows[batch] = dict(hooks=sum(saved.by_component.values()))
+        if cuda:
+            torch.cuda.synchronize()
+            rows[batch].update(allocated=after_forward - before, peak=torch.cuda.max_memory_allocated() - before)
         tracker.remove()
         del net, loss, saved
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
     b0, b1 = batches
     out = {f"{k}_per_clip": (rows[b1][k] - rows[b0][k]) / (b1 - b0) for k in rows[b0]}
     return {"peer": peer, "size": size, "batches": list(batches), **out, "raw": rows,
-            **provenance("cuda", "cuda")}
+            **provenance(device.type, device.type)}
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -506,25 +513,31 @@ def markdown(result: dict, history: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def measure_main(peers: list[str], out: Path) -> int:
-    """GPU rows next to the fake-H200 figures of the same peers (bench/gpu.sh's memory step)."""
-    if not torch.cuda.is_available():
-        raise SystemExit("--measure needs a CUDA device")
+def measure_main(peers: list[str], out: Path, rehearse: bool = False) -> int:
+    """GPU rows next to the fake-H200 figures of the same peers (bench/gpu.sh's memory step). `rehearse`: the same
+    code on the CPU at ViT-S, batches 1 and 2 (hooks only) -> memory-rehearsal.json."""
+    if not (rehearse or torch.cuda.is_available()):
+        raise SystemExit("--measure needs a CUDA device (--rehearse runs the same code on the CPU)")
+    size, batches, device = ("S", (1, 2), "cpu") if rehearse else ("B", (8, 16), "cuda")
+    # The rehearsal runs the ops' reference: the Triton interpreter at ViT-S's sizes takes minutes, and the kernels'
+    # own rehearsal is the smoke and ops steps'.
+    backends = (lambda: dispatch.use_backend(ops="torch")) if rehearse else contextlib.nullcontext
     rows = []
     for peer in peers:
         if peer == "official" and not (OFFICIAL / "modeling_pretrain.py").is_file():
             continue
         try:
-            row = measure_cuda(peer, "B")
+            with backends():
+                row = measure_device(peer, size, batches, device)
         except Exception as e:  # noqa: BLE001 (a peer that fails is recorded, the next one runs)
-            row = {"peer": peer, "size": "B", "error": f"{type(e).__name__}: {e}".splitlines()[0]}
-        fake = per_clip(peer, "B")
+            row = {"peer": peer, "size": size, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+        fake = per_clip(peer, size)
         row.update(fake_held_per_clip=fake["total"], fake_saved_hooks_per_clip=fake["saved_total"])
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if not isinstance(v, dict)}), flush=True)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "memory-cuda.json").write_text(json.dumps(rows, indent=1) + "\n")  # after every row
-    return 0
+        (out / f"memory-{'rehearsal' if rehearse else 'cuda'}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return 1 if any("error" in r for r in rows) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -537,11 +550,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="partitioner settings of the compiled row: the CLI's (videomae) or torch's defaults")
     ap.add_argument("--label", help="append this run's ViT-B figures to the savings history under this label")
     ap.add_argument("--measure", action="store_true",
-                    help="on a GPU: measure_cuda for each of --peers at ViT-B -> OUT/memory-cuda.json")
+                    help="on a GPU: measure_device for each of --peers at ViT-B -> OUT/memory-cuda.json")
+    ap.add_argument("--rehearse", action="store_true", help="with --measure: the same code on the CPU (ViT-S)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     if args.measure:
-        return measure_main(args.peers, Path(args.out))
+        return measure_main(args.peers, Path(args.out), args.rehearse)
     switches = Switches(args.recompute, args.partitioner)
     full = args.sizes == list(SIZES) and args.peers == list(PEERS) and switches == Switches()
     if not (full or args.label):
