@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import types
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,9 +41,7 @@ from torch.nn.attention import SDPBackend
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-H200 = types.SimpleNamespace(name="NVIDIA H200 (fake)", major=9, minor=0, total_memory=143_771_090_944,
-                             multi_processor_count=132, is_integrated=False, L2_cache_size=50 * 2**20,
-                             gcnArchName="", uuid="fake", warp_size=32, max_threads_per_multi_processor=2048)
+from bench.trace import H200  # one H200 for both fake devices, as the GPU machine reports it
 
 # --------------------------------------------------------------------------------------------- the fake device
 

@@ -71,3 +71,14 @@ def test_json_report_round_trips(capsys):
     report = json.loads(capsys.readouterr().out)
     assert {"versions", "devices", "backends", "fused ops", "attention", "fast path"} <= set(report)
     assert report["fused ops"]["report"].keys() == {"cube_embed", "decoder_input", "norm_pix_mse", "add_layer_norm"}
+
+
+
+def test_layout_names_the_folder_each_kernel_family_lives_in():
+    """`videomae.kernels` is the design's kernels/ folder, one Triton file per op, whatever the install."""
+    from pathlib import Path
+
+    report = info.layout()
+    folder = Path(report["Triton kernels"].split(" = ", 1)[1])
+    assert folder.name == "kernels" and OPS <= {p.stem for p in folder.glob("*.py")}
+    assert report["CUDA kernels"].startswith(("videomae._C = ", "videomae._C not built"))

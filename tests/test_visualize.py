@@ -210,6 +210,29 @@ def test_visualize_cli_titles_both_modes(synth, tmp_path):
             assert "original | masked | reconstruction" in proc.stdout
 
 
+def test_visualize_builds_the_model_an_hf_folder_describes(synth, tmp_path):
+    """An HF folder whose decoder is not the named model's default (1 block, not 4): visualize builds what its
+    config.json says (before, it built the default model and refused the weights as missing decoder blocks)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from videomae import cli
+    from videomae.interop.hf import hf_config, official_to_hf
+
+    torch.manual_seed(0)
+    ours = videomae.create_model("pretrain_videomae_tiny_patch16_224", img_size=32, num_frames=4, decoder_depth=1)
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(hf_config(ours)))
+    save_file({k: v.contiguous() for k, v in official_to_hf(ours.state_dict()).items()},
+              str(folder / "model.safetensors"))
+    out = tmp_path / "vis"
+    assert cli.main(["visualize", "--checkpoint", str(folder), "--video", str(synth / "videos" / "val_00000.mp4"),
+                     "--sampling_rate", "2", "--mask_ratio", "0.5", "--output_dir", str(out)]) == 0
+    assert (out / "val_00000.png").is_file() and (out / "val_00000.gif").is_file()
+
+
 # ---------------------------------------------------------------- run pictures and logs
 
 

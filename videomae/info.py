@@ -7,10 +7,12 @@ the report, never a crash of the command.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import json
 import os
 import platform
 import sys
+from pathlib import Path
 
 OK, NO = "yes", "no"
 
@@ -159,10 +161,30 @@ def fast_path() -> dict:
     return {"source": f"{module}.{name}", **report}
 
 
+def layout() -> dict:
+    """Where each kernel family lives: the design's folders (kernels/, csrc/) and the names they have in the
+    package (`videomae.kernels` is the top-level kernels/ folder, installed inside the package)."""
+    import videomae
+
+    out = {}
+    try:
+        kernels = importlib.import_module("videomae.kernels")
+        out["Triton kernels"] = f"videomae.kernels = {list(kernels.__path__)[0]}"
+    except Exception as e:  # noqa: BLE001 - reported, not raised
+        out["Triton kernels"] = f"videomae.kernels not importable: {type(e).__name__}: {e}"
+    here = Path(videomae.__file__).parent
+    ext = next((here / f"_C{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES
+                if (here / f"_C{suffix}").is_file()), None)  # this interpreter's build, not another stack's
+    out["CUDA kernels"] = f"videomae._C = {ext}" if ext else "videomae._C not built (sources: csrc/)"
+    out["ops (one module per op)"] = f"videomae.ops = {here / 'ops'}"
+    return out
+
+
 def collect() -> dict:
     return {
         "versions": versions(),
         "devices": devices(),
+        "layout": layout(),
         "backends": {
             "triton": triton_status(),
             "compiled extension (videomae._C)": extension_status(),
@@ -200,6 +222,7 @@ def format_report(r: dict) -> str:
                   f"bf16 {OK if g['bf16'] else NO}" for g in d["cuda"]]
     else:
         lines.append(f"  {'cuda':<34} none: {d['cuda_reason']}")
+    lines += ["", "layout"] + [f"  {k:<34} {v}" for k, v in r["layout"].items()]
     lines += ["", "backends (can run here?)"]
     lines += [_line(name, entry) for name, entry in r["backends"].items()]
     ops = r["fused ops"]

@@ -215,13 +215,14 @@ def main(args) -> list[Path]:
     """`videomae visualize`: writes OUTPUT_DIR/<video stem>.png and .gif, prints their paths."""
     from videomae.checkpoint import load_checkpoint
     from videomae.data.decode import VideoReadError
-    from videomae.registry import create_model
+    from videomae.interop.pretrained import build_for_weights  # an HF folder / Hub id: its config's model
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     depth = {} if args.decoder_depth is None else {"decoder_depth": args.decoder_depth}
-    model = create_model(args.model, num_frames=args.num_frames, img_size=args.input_size,
-                         tubelet_size=args.tubelet_size, normalize_target=args.normlize_target, **depth)
+    model = build_for_weights(args.checkpoint, args.model, given=getattr(args, "_explicit", None),
+                              num_frames=args.num_frames, img_size=args.input_size, tubelet_size=args.tubelet_size,
+                              normalize_target=args.normlize_target, **depth)
     if args.checkpoint:
         report = load_checkpoint(model, args.checkpoint)
         if report.missing:
