@@ -3,8 +3,8 @@
 #   GIT_SHA=<sha> bash bench/gpu.sh    # the GPU machine gets the tree without .git: name the commit
 #   bash bench/gpu.sh --plan           # each step with its limit; the sum fits the budget (CI checks it)
 #   bash bench/gpu.sh --rehearse       # every step on the CPU at tiny shapes, the GPU image's packages only
-#                                      # (CI runs it on both stacks: 131 s pinned, 133 s newest with cold compile
-#                                      # caches on CI's 2 cores; 606 s / 385 s with ~6 other jobs on them; 2026-12-05)
+#                                      # (CI runs it on both stacks: 135 s pinned, 125 s newest with cold compile
+#                                      # caches on CI's 2 cores, memory step included; 2026-12-05, 614d140)
 #   bash bench/gpu.sh --steps ops,tests --budget 300 --limit ops=120   # some steps, the total and one step's
 #                                      # seconds; --list names the steps
 # Steps, highest value first (limits in LIMIT below, their sum at most the budget by construction):

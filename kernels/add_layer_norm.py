@@ -119,7 +119,8 @@ def add_layer_norm_bwd(grad_y: torch.Tensor, grad_sum: torch.Tensor | None, save
     if m:
         launcher(_bwd_kernel)[(programs,)](
             grad_y, grad_y if grad_sum is None else grad_sum, saved, mean, rstd, weight, dx, dw, db, m, d,
-            HAS_DS=grad_sum is not None, BLOCK_M=block_m, BLOCK_D=block_d, ITERS=iters)
+            HAS_DS=grad_sum is not None, BLOCK_M=block_m, BLOCK_D=block_d, ITERS=iters,
+            num_warps=8)  # 4 warps hold 32 values per thread per tensor: at D=768, 255 registers and a spill
     else:
         dw.zero_()
         db.zero_()
