@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from videomae.train.recipe import Options, Recipe
+from videomae.train.recipe import Options, Recipe, Schedule
 from videomae.train.run import Run, resume_path
+from videomae.train.schedule import scaled_lr
 from videomae.train.step import StepConfig
 from videomae.train.trainer import Trainer
 
@@ -24,6 +25,18 @@ def trainer_for(args, run: Run, recipe: Recipe, pretraining: bool) -> Trainer:
         run.say(f"resumed from {start} at epoch {pos.epoch + 1}, step {pos.step} (global step {pos.global_step})")
     run.begin(args, resume_step=trainer.position.global_step if start is not None else None)
     return trainer
+
+
+def official_schedule(args, run: Run, batches: int, videos: int, total_batch: int) -> Schedule:
+    """The official lr / weight-decay schedule for `batches` loader batches per epoch (of `videos` videos), its lr
+    scaled by `total_batch` (what each command counts as one step's batch); no full step is one line."""
+    steps_per_epoch = batches // args.accum_iter
+    if steps_per_epoch < 1:
+        raise ValueError(f"{videos} videos make no full step of --batch_size {args.batch_size} x "
+                         f"--accum_iter {args.accum_iter} x {run.info.world_size} process(es)")
+    return Schedule.official(scaled_lr(args.lr, total_batch), scaled_lr(args.min_lr, total_batch), args.epochs,
+                             steps_per_epoch, args.warmup_epochs, args.warmup_steps, args.weight_decay,
+                             args.weight_decay_end)
 
 
 def finish(run: Run, trainer: Trainer, outputs: list[Path]) -> list[Path]:

@@ -14,9 +14,8 @@ from torch import nn
 from videomae.train import command
 from videomae.train.classifier import build_classifier, class_names, make_dataset, optional_list, split_list
 from videomae.train.evaluate import evaluate, say_result, write_report
-from videomae.train.recipe import AdamW, Recipe, Schedule
+from videomae.train.recipe import AdamW, Recipe
 from videomae.train.run import Run, seed_everything
-from videomae.train.schedule import scaled_lr
 from videomae.train.step import Precision, resolve_precision
 
 # ---------------------------------------------------------------- the recipe
@@ -60,14 +59,9 @@ def recipe(args, run: Run, train_set, labels: Labels) -> Recipe:
     loader = build_loader(train_set, args.batch_size, num_workers=args.num_workers, seed=args.seed, drop_last=True,
                           pin_memory=run.device.type == "cuda", rank=run.info.rank,
                           num_replicas=run.info.world_size)
-    steps_per_epoch = len(loader) // args.accum_iter
-    if steps_per_epoch < 1:
-        raise ValueError(f"{len(train_set)} videos make no full step of --batch_size {args.batch_size} x "
-                         f"--accum_iter {args.accum_iter} x {run.info.world_size} process(es)")
-    total = args.batch_size * args.accum_iter * run.info.world_size
-    schedule = Schedule.official(scaled_lr(args.lr, total), scaled_lr(args.min_lr, total), args.epochs,
-                                 steps_per_epoch, args.warmup_epochs, args.warmup_steps, args.weight_decay,
-                                 args.weight_decay_end)
+    # One clip per video here (repeated augmentation is not implemented for fine-tuning): videos per step.
+    schedule = command.official_schedule(args, run, len(loader), len(train_set),
+                                         args.batch_size * args.accum_iter * run.info.world_size)
     mixing = args.mixup > 0 or args.cutmix > 0
     optimizer = AdamW(args.weight_decay, args.opt_betas or (0.9, 0.999), args.opt_eps, args.layer_decay)
     return Recipe(model, classification_loss(args.smoothing, mixing), schedule, optimizer, data=loader,

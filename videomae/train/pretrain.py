@@ -9,9 +9,8 @@ import torch
 from torch import nn
 
 from videomae.train import command, distributed
-from videomae.train.recipe import AdamW, Recipe, Schedule
+from videomae.train.recipe import AdamW, Recipe
 from videomae.train.run import Run, seed_everything
-from videomae.train.schedule import scaled_lr
 
 
 def pretrain_loss(model: nn.Module, batch) -> torch.Tensor:
@@ -61,14 +60,7 @@ def recipe(args, run: Run) -> Recipe:
     loader = build_loader(dataset, args.batch_size, num_workers=args.num_workers, seed=args.seed, drop_last=True,
                           pin_memory=run.device.type == "cuda", rank=run.info.rank,
                           num_replicas=run.info.world_size)
-    steps_per_epoch = len(loader) // args.accum_iter
-    if steps_per_epoch < 1:
-        raise ValueError(f"{len(dataset)} videos make no full step of --batch_size {args.batch_size} x "
-                         f"--accum_iter {args.accum_iter} x {run.info.world_size} process(es)")
-    total = total_batch(args, run)
-    schedule = Schedule.official(scaled_lr(args.lr, total), scaled_lr(args.min_lr, total), args.epochs,
-                                 steps_per_epoch, args.warmup_epochs, args.warmup_steps, args.weight_decay,
-                                 args.weight_decay_end)
+    schedule = command.official_schedule(args, run, len(loader), len(dataset), total_batch(args, run))
     return Recipe(model, pretrain_loss, schedule, AdamW(args.weight_decay, args.opt_betas or (0.9, 0.95), args.opt_eps),
                   data=loader, prepare=_prepare(args, run), accum_iter=args.accum_iter,
                   clip_grad=args.clip_grad, end_of_epoch=EpochEnd(args, run, model, dataset))
