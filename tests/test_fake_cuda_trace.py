@@ -36,22 +36,15 @@ def traced(tmp_path, *args: str) -> dict:
     return json.loads(out.read_text())
 
 
-# Inductor's kernels are its code, not ours: on the pinned stack its fused layer-norm backward under the CLI's
-# recompute settings reaches the 255-register cap and spills 32 bytes (an L1 round trip per row). A register
-# blow-up spills hundreds; that fails. Our own kernels may not spill at all (tests/test_triton_sm90a.py).
-INDUCTOR_SPILL_BYTES = 64
-
-
 def check_sm90a(out: dict) -> None:
-    """Inductor's kernels of the step, assembled for sm_90a by ptxas (bench/triton_sm90a.py): each assembles, and
-    none spills more than INDUCTOR_SPILL_BYTES (issue 20 item 3; the committed figures at full depth are in
-    bench/results/triton-sm90a.json)."""
+    """Inductor's kernels of the step, assembled for sm_90a by ptxas (bench/triton_sm90a.py): each assembles and
+    none spills (issue 20 item 3; a spill found here on torch 2.11 is why recompute.INDUCTOR_SETTINGS exists; the
+    committed figures at full depth are in bench/results/triton-sm90a.json)."""
     kernels = out["kernel_list"]
     assert kernels and all(k["ptx"] and ".target sm_90a" in k["ptx"] for k in kernels)
     distinct = {k["ptx"]: k["name"] for k in kernels}  # one entry per config: the same PTX can recur
     usage = {name: triton_sm90a.ptxas_usage(ptx) for ptx, name in distinct.items()}
-    bad = {name: u for name, u in usage.items() if u["status"] not in ("ok", "spill")
-           or u["spill_store_bytes"] + u["spill_load_bytes"] > INDUCTOR_SPILL_BYTES}
+    bad = {name: u for name, u in usage.items() if u["status"] != "ok"}
     assert not bad, bad
 
 

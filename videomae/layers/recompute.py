@@ -31,6 +31,13 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 MODES = ("auto", "cheap", "none", "full")
 ENV = "VIDEOMAE_RECOMPUTE"
 COMPILE_SETTINGS = {"ban_recompute_materialized_backward": False}  # torch._functorch.config
+# torch._inductor.config. With the recomputation above, inductor's mix-order LayerNorm backward (row reductions
+# for dx fused with the column sums for d weight, d bias) also recomputes the residual add and the normalized
+# forward in the same loop: on torch 2.11 (the GPU machine's) its fixed config (2 warps, XBLOCK 4, 512-wide rows)
+# then hits the 255-register cap and spills (bench/triton_sm90a.py). Without it the column sums are split
+# reductions of their own: inductor's estimate of the fused kernels' traffic (its kernel_num_gb, per launch) for
+# the ViT-B step at B=32 grows from 20.47 to 21.12 GB (+3%, about 0.15 ms at copy bandwidth), and nothing spills.
+INDUCTOR_SETTINGS = {"triton.mix_order_reduction": False}
 
 _aten = torch.ops.aten
 # Kept: matmuls (their outputs feed the weight gradients) and every attention kernel (output + log-sum-exp).
@@ -115,8 +122,13 @@ _cheap_contexts = functools.partial(create_selective_checkpoint_contexts, _polic
 
 
 def apply_compile_settings() -> None:
-    """Let the compiled step's partitioner recompute cheap values the backward needs (see the module docstring)."""
+    """Let the compiled step's partitioner recompute cheap values the backward needs (see the module docstring),
+    and keep inductor's kernels for that graph free of register spills (INDUCTOR_SETTINGS)."""
     import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
 
     for name, value in COMPILE_SETTINGS.items():
         setattr(functorch_config, name, value)
+    for name, value in INDUCTOR_SETTINGS.items():
+        *path, leaf = name.split(".")
+        setattr(functools.reduce(getattr, path, inductor_config), leaf, value)
