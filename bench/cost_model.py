@@ -535,17 +535,20 @@ def markdown(r: dict) -> str:
 # --------------------------------------------------------------------------------------------- on a GPU
 
 
-CLASS_PATTERNS = (  # kernel-name patterns of the profiler's CUDA events -> our classes
-    ("attention", ("cudnn", "flash", "fmha", "attention", "sdpa")),
-    ("matmul", ("gemm", "nvjet", "sm90_xmma", "cutlass", "ampere", "hopper")),
+CLASS_PATTERNS = (  # profiler event names (CUDA kernels; CPU ops in the rehearsal) -> our classes, first match wins
+    ("copy to device", ("memcpy htod",)),
+    ("attention", ("cudnn", "flash", "fmha", "attention", "sdpa", "softmax")),
+    ("matmul", ("gemm", "nvjet", "xmma", "wgmma", "cutlass", "ampere", "hopper", "aten::mm", "addmm", "bmm",
+                "matmul", "linear")),
     ("optimizer", ("adam", "foreach", "multi_tensor", "norm_kernel")),
     ("fused-op", ("cube_embed", "decoder_input", "norm_pix_mse", "add_layer_norm", "token_sum")),
     ("reduction", ("per_fused", "red_fused", "reduce")),
-    ("pointwise", ("poi_fused", "elementwise", "copy", "cat")),
+    ("pointwise", ("poi_fused", "elementwise", "copy", "memcpy", "memset", "cat")),
 )
 
 
 def classify_kernel(name: str) -> str:
+    """The class of a profiler event (`measure` here, `profile_row` in bench/train_step.py): one classifier."""
     low = name.lower()
     for cls, pats in CLASS_PATTERNS:
         if any(p in low for p in pats):

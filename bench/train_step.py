@@ -274,17 +274,12 @@ def measure(spec: dict, device: torch.device, args, rate: float) -> tuple[dict, 
     return row, backend or spec["peer"]
 
 
-CATEGORIES = (("copy to device", ("memcpy htod",)),
-              ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn", "softmax")),
-              ("optimizer", ("adam", "multi_tensor", "foreach")),
-              ("fused ops", ("cube_embed", "decoder_input", "norm_pix_mse")),
-              ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "matmul", "wgmma", "aten::mm", "addmm", "bmm", "linear")))
-
-
 def profile_row(spec: dict, device: torch.device, args) -> dict:
     """Device (CPU: host) time per kernel category over 3 steps of the fast step, and the top kernels: where the
     time goes when a target is missed."""
     from torch.profiler import ProfilerActivity, profile
+
+    from bench.cost_model import classify_kernel
 
     inputs = loader_batches(spec, device)
     step, losses, backend, _, use_tf32 = build_ours(spec, device, inputs)
@@ -302,8 +297,7 @@ def profile_row(spec: dict, device: torch.device, args) -> dict:
         us = e.device_time_total if cuda else e.self_cpu_time_total
         if not us or (cuda and e.device_type.name != "CUDA"):
             continue
-        key = e.key.lower()
-        cat = next((c for c, pats in CATEGORIES if any(p in key for p in pats)), "elementwise/other")
+        cat = classify_kernel(e.key)
         totals[cat] = totals.get(cat, 0.0) + us / 3e3
         top.append((round(us / 3e3, 3), e.key[:100], cat))
     return dict(spec, peer="profile", status="ok", ms_per_step=totals,

@@ -107,3 +107,8 @@ def test_classify_profiler_kernel_names():
     assert C.classify_kernel("cudnn_generated_fort_native_sdpa_sm90_flash_fprop") == "attention"
     assert C.classify_kernel("triton_per_fused_native_layer_norm_0") == "reduction"
     assert C.classify_kernel("triton_poi_fused_gelu_1") == "pointwise"
+    # bench/train_step.py's profile row uses the same classifier: the side-stream copy and CPU ops (rehearsal)
+    assert C.classify_kernel("Memcpy HtoD (Pinned -> Device)") == "copy to device"
+    assert C.classify_kernel("aten::addmm") == "matmul"
+    assert C.classify_kernel("videomae::cube_embed_triton") == "fused-op"
+    assert C.classify_kernel("Memcpy DtoD (Device -> Device)") == "pointwise"

@@ -161,7 +161,7 @@ def test_backend_report_and_forced_unavailable(monkeypatch):
     assert set(report) == {f"decoder {n}" for n in decode.DECODERS}
     auto = [k for k, v in report.items() if "auto's choice" in v["detail"]]
     assert len(auto) == 1 and report[auto[0]]["available"]
-    monkeypatch.setattr(decode, "decord", None)
+    monkeypatch.setattr(decode.Decord, "library", None)  # what the class sees when `import decord` failed
     assert decode.decoder_report()["decoder decord"]["reasons"] == ["decord not installed "
                                                                      "(pip install decord (x86-64 Linux wheels))"]
     with pytest.raises(ImportError, match="backend='decord' cannot run here: decord not installed"):

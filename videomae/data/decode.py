@@ -90,15 +90,17 @@ class Decoder:
     name: str = ""
     device: str = "cpu"  # where the frames come out
     install: str = ""
+    library = None  # the imported Python module (None: not installed), for the two answers below
+    title: str = ""  # how `version` names it
 
     @classmethod
     def unavailable_reasons(cls) -> list[str]:
         """[] when `open` can work here; otherwise every reason it cannot."""
-        return []
+        return [] if cls.library is not None else [f"{cls.title} not installed ({cls.install})"]
 
     @classmethod
     def version(cls) -> str:
-        return ""
+        return f"{cls.title} {getattr(cls.library, '__version__', '?')}" if cls.library is not None else ""
 
     @classmethod
     def open(cls, path: str):
@@ -111,15 +113,11 @@ class PyAV(Decoder):
     wanted frames, tells the decoder to drop the non-reference frames it is not asked for (H.264 B-frames:
     nothing else depends on them), and converts only the wanted frames to RGB."""
 
-    name, install = "pyav", "pip install av"
-
-    @classmethod
-    def unavailable_reasons(cls) -> list[str]:
-        return [] if av is not None else [f"PyAV not installed ({cls.install})"]
+    name, install, library, title = "pyav", "pip install av", av, "PyAV"
 
     @classmethod
     def version(cls) -> str:
-        return f"PyAV {av.__version__}, keyframe seeking" if av is not None else ""
+        return super().version() + ", keyframe seeking" if cls.library is not None else ""
 
     def __init__(self, path: str):
         self.container = av.open(path)
@@ -223,15 +221,7 @@ def _rgb(frame) -> np.ndarray:
 class Decord(Decoder):
     """decord's VideoReader (seeks by keyframe index itself), one thread per worker."""
 
-    name, install = "decord", "pip install decord (x86-64 Linux wheels)"
-
-    @classmethod
-    def unavailable_reasons(cls) -> list[str]:
-        return [] if decord is not None else [f"decord not installed ({cls.install})"]
-
-    @classmethod
-    def version(cls) -> str:
-        return f"decord {getattr(decord, '__version__', '?')}" if decord is not None else ""
+    name, install, library, title = "decord", "pip install decord (x86-64 Linux wheels)", decord, "decord"
 
     def __init__(self, path: str):
         with _native_stderr_silenced():
@@ -272,6 +262,8 @@ class TorchCodec(Decoder):
 
     @classmethod
     def version(cls) -> str:
+        if cls.unavailable_reasons():
+            return ""
         import torchcodec
 
         return f"torchcodec {torchcodec.__version__} (CPU)"
@@ -327,7 +319,8 @@ class Nvdec(Decoder):
 
     @classmethod
     def version(cls) -> str:
-        return f"via {cls._library()[0]}"
+        library = cls._library()[0]
+        return f"via {library}" if library else ""
 
     @classmethod
     def open(cls, path: str):
