@@ -22,6 +22,7 @@ of `EFFICIENCY` (priors from published H100/H200 figures, stated with their sour
 replaces them by the ones the GPU measures: `measure()` in bench/gpu.sh's memory step).
 
     python bench/cost_model.py            # ViT-B, B=32, 16x224x224, tube 0.9 -> bench/results/cost_model.{json,md}
+    python bench/cost_model.py --check    # and inductor's own kernels' bytes for the same step, next to the model's
     python bench/cost_model.py --measure  # on a GPU: measured time per kernel class next to the prediction
 """
 
@@ -449,7 +450,29 @@ def attention_candidates(ks: list[Kernel], batch: int, eff: Efficiency = Efficie
     return out
 
 
-def run(size: str = "B", batch: int = 32, attention_json: str | None = None) -> dict:
+GLUE = ("pointwise", "reduction", "cast")  # the classes that are inductor's own kernels
+
+
+def inductor_traffic(batch: int = 32) -> dict:
+    """The same step as inductor compiles it (bench/trace.py: the CLI's objective on a fake H200, ViT-B at full
+    depth, caches off): bytes of inductor's own kernels per step, each kernel's estimate (inductor's
+    `benchmark_kernel` figure) times its launches. A check of this model's fusion rule, which prices the same
+    work as its `pointwise`, `reduction` and `cast` kernels without asking inductor."""
+    import tempfile
+
+    from bench import trace
+
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "trace.json"
+        res = trace.run_isolated(["-m", "bench.trace", "--batch", str(batch), "--traffic", "--json", str(out)],
+                                 timeout=3600)
+        if res.returncode:
+            raise RuntimeError(f"bench.trace --traffic failed:\n{(res.stdout + res.stderr)[-3000:]}")
+        return json.loads(out.read_text())["traffic"]
+
+
+def run(size: str = "B", batch: int = 32, attention_json: str | None = None, check: bool = False) -> dict:
+    """`check`: add `inductor_traffic` (ViT-B only: the CLI's model), about two minutes on 2 cores."""
     from bench.common import provenance
 
     eff = Efficiency() if attention_json is None else Efficiency().with_measured_attention(attention_json)
@@ -475,12 +498,15 @@ def run(size: str = "B", batch: int = 32, attention_json: str | None = None) -> 
     sensitivity = {name: dict(step_ms=sum(k.time_s for k in t) * 1e3, clips_per_s=batch / sum(k.time_s for k in t))
                    for name, t in levers.items()}
     biggest = sorted(timed, key=lambda k: -k.time_s)[:30]
+    glue = [k for k in timed if k.cls in GLUE]
+    glue_model = dict(gb=round(sum(k.bytes for k in glue) / 1e9, 3), kernels=len(glue))
     return dict(
         model=size, batch=batch, clip="16x224x224, tube 0.9, bf16 autocast", sdpa_traced=meta["sdpa"],
         fused_ops_backend=meta["fused_ops_backend"],
         peaks=dict(matmul_tflops=PEAK_MATMUL / 1e12, copy_tbps=COPY_BW / 1e12, launch_us=LAUNCH_S * 1e6),
         efficiency=asdict(eff), variants=variants, attention_candidates=candidates, best_attention=best,
-        sensitivity=sensitivity,
+        sensitivity=sensitivity, glue_model=glue_model,
+        inductor_traffic=inductor_traffic(batch) if check and size == "B" else None,
         headline=variants["+ recompute settings (videomae.layers.recompute.COMPILE_SETTINGS)"],
         largest_kernels=[asdict(k) for k in biggest], kernels=[asdict(k) for k in timed],
         **{**provenance("torch", "cpu"), "device": "predicted for an H200 from a graph traced on a fake one"})
@@ -509,7 +535,7 @@ def markdown(r: dict) -> str:
               "| variant | step ms | clips/s | glue ms (pointwise+reduction+cast) |",
               "|---|---:|---:|---:|"]
     for name, v in r["variants"].items():
-        glue = sum(v["by_class_ms"].get(c, 0) for c in ("pointwise", "reduction", "cast"))
+        glue = sum(v["by_class_ms"].get(c, 0) for c in GLUE)
         lines.append(f"| {name} | {v['step_ms']:.2f} | {v['clips_per_s']:.0f} | {glue:.2f} |")
     lines += ["", "## Attention kernels (decoder: N=1568, d=64, 6 heads; all layers, fwd+bwd)", "",
               "| kernel | TFLOP/s fwd / bwd (assumed) | decoder fwd ms | decoder bwd ms | all attention ms "
@@ -522,6 +548,18 @@ def markdown(r: dict) -> str:
               "|---|---:|---:|"]
     for name, v in r["sensitivity"].items():
         lines.append(f"| {name} | {v['step_ms']:.2f} | {v['clips_per_s']:.0f} |")
+    ind = r.get("inductor_traffic")
+    if ind:
+        gm = r["glue_model"]
+        lines += ["", "## Check: this model's glue against inductor's own kernels", "",
+                  f"This model prices the work inductor fuses (pointwise, reduction, cast) as {gm['kernels']} kernels "
+                  f"moving {gm['gb']:.2f} GB per step. Inductor's kernels for the same step (`bench/trace.py "
+                  f"--traffic`: its own estimate per kernel times its launches) move {ind['total_gb']:.2f} GB in "
+                  f"{ind['launches']} launches of {ind['kernels']} distinct kernels "
+                  f"(forward {ind['gb'].get('forward', 0):.2f}, backward {ind['gb'].get('backward', 0):.2f}; "
+                  f"persistent reductions {ind['gb'].get('per', 0):.2f}, looped reductions "
+                  f"{ind['gb'].get('red', 0):.2f}, pointwise {ind['gb'].get('poi', 0):.2f}): "
+                  f"{ind['total_gb'] / gm['gb']:.2f}x the model's bytes."]
     lines += ["", "## Largest kernels", "", "| ms | class | phase | component | GB | GFLOP | shape |",
               "|---:|---|---|---|---:|---:|---|"]
     for k in r["largest_kernels"][:20]:
@@ -623,13 +661,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--measure", action="store_true", help="on a GPU: measure per class next to the prediction")
     ap.add_argument("--rehearse", action="store_true", help="with --measure: the same code on the CPU, tiny shapes")
     ap.add_argument("--attention-json", help="attention rates measured by bench/attention_timing.py instead of priors")
+    ap.add_argument("--check", action="store_true",
+                    help="also trace the step through inductor and compare its kernels' bytes (about 2 min)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     if args.measure:
         r = measure(args.model, args.batch, out=args.out, rehearse=args.rehearse)
         print(json.dumps({k: v for k, v in r.items() if not isinstance(v, dict)}, indent=1))
         return 0
-    r = run(args.model, args.batch, args.attention_json)
+    r = run(args.model, args.batch, args.attention_json, check=args.check)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cost_model.json").write_text(json.dumps(r, indent=1) + "\n")

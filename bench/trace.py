@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -431,6 +432,7 @@ class Kernel:
     num_warps: int | None
     num_stages: int | None
     graph: str  # forward / backward / inference
+    num_gb: float | None = None  # inductor's own estimate of the bytes one launch reads and writes (traffic=True)
 
 
 @dataclasses.dataclass
@@ -441,7 +443,7 @@ class Trace:
     dynamo_graphs: list = dataclasses.field(default_factory=list)  # fx.GraphModule
     aot_graphs: dict = dataclasses.field(default_factory=dict)  # "forward"/"backward" -> fx.GraphModule
     kernels: list[Kernel] = dataclasses.field(default_factory=list)
-    wrappers: list[str] = dataclasses.field(default_factory=list)  # inductor's generated Python per graph
+    wrappers: list[str] = dataclasses.field(default_factory=list)  # inductor's generated Python (traffic=True)
     ops: list[str] = dataclasses.field(default_factory=list)
     ran: bool = False  # True: compiled code was reached (and stopped) after everything compiled
 
@@ -449,6 +451,27 @@ class Trace:
         return {"dynamo_graphs": len(self.dynamo_graphs), "aot_graphs": sorted(self.aot_graphs),
                 "aot_nodes": {k: len(g.graph.nodes) for k, g in self.aot_graphs.items()},
                 "kernels": len(self.kernels), "ops": self.ops, "reached_run": self.ran}
+
+    def traffic(self) -> dict:
+        """GB one step of inductor's own kernels reads and writes: each kernel's `num_gb` (inductor's estimate,
+        its `benchmark_kernel` figure) times its launches in the generated wrappers (12 encoder blocks launch the
+        same kernel 12 times), per graph and per kind (`per`sistent / `red`uction / `poi`ntwise)."""
+        launches: dict[str, int] = {}
+        for code in self.wrappers:
+            for name in re.findall(r"\b(triton_\w+)\.run\(", code):
+                launches[name] = launches.get(name, 0) + 1
+        gb: dict[str, float] = {}
+        seen = set()
+        for k in self.kernels:
+            if k.name in seen or k.num_gb is None:  # one entry per config; every config moves the same bytes
+                continue
+            seen.add(k.name)
+            n = launches.get(k.name, 0)
+            for key in (k.graph, k.name.split("_")[1]):
+                gb[key] = gb.get(key, 0.0) + k.num_gb * n
+        return {"launches": sum(launches.values()), "kernels": len(seen),
+                "gb": {k: round(v, 3) for k, v in sorted(gb.items())},
+                "total_gb": round(sum(v for k, v in gb.items() if k in ("forward", "backward", "inference")), 3)}
 
 
 def _graph_ops(gm) -> list[str]:
@@ -463,10 +486,12 @@ def _graph_ops(gm) -> list[str]:
 
 
 @contextlib.contextmanager
-def recording(trace: Trace) -> Iterator[Trace]:
+def recording(trace: Trace, traffic: bool = False) -> Iterator[Trace]:
     """Record into `trace` what the next `torch.compile(..., backend="inductor")` calls compile; stop with
-    `NotRun` where the compiled code would run."""
+    `NotRun` where the compiled code would run. `traffic`: also each kernel's bytes (inductor's estimate) and the
+    generated wrappers that launch them (caches off: a cache hit would skip the code generation recorded)."""
     import torch._inductor.compile_fx as cfx
+    import torch._inductor.config as inductor_config
     from torch._inductor.output_code import CompiledFxGraph
     from torch._inductor.runtime.triton_heuristics import CachingAutotuner
 
@@ -495,15 +520,25 @@ def recording(trace: Trace) -> Iterator[Trace]:
                 ptx=asm.get("ptx"), shared=getattr(meta, "shared", None),
                 num_warps=getattr(result.config, "num_warps", None), num_stages=getattr(result.config, "num_stages",
                                                                                       None),
-                graph=getattr(trace, "current", "?")))
+                graph=getattr(trace, "current", "?"), num_gb=self.inductor_meta.get("kernel_num_gb")))
 
     def run(self, inputs):
         trace.ran = True
         raise NotRun("compiled code reached: it would run on the device here")
 
-    with mock.patch.object(cfx, "compile_fx", compile_fx), \
-            mock.patch.object(CachingAutotuner, "_make_launchers", make_launchers), \
-            mock.patch.object(CompiledFxGraph, "__call__", run):
+    real_init = CompiledFxGraph.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        trace.wrappers.append(self.source_code)
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(cfx, "compile_fx", compile_fx))
+        stack.enter_context(mock.patch.object(CachingAutotuner, "_make_launchers", make_launchers))
+        stack.enter_context(mock.patch.object(CompiledFxGraph, "__call__", run))
+        if traffic:
+            stack.enter_context(inductor_config.patch(benchmark_kernel=True, force_disable_caches=True))
+            stack.enter_context(mock.patch.object(CompiledFxGraph, "__init__", init))
         yield trace
 
 
@@ -607,15 +642,16 @@ def cli_step(step: Step, mode, compile: bool = True):
     return config, precision, lambda: objective(batch)
 
 
-def trace_step(step: Step, spec: DeviceSpec = H200) -> Trace:
-    """Trace the objective the CLI compiles for `step` on a `spec` GPU; returns what was compiled."""
+def trace_step(step: Step, spec: DeviceSpec = H200, traffic: bool = False) -> Trace:
+    """Trace the objective the CLI compiles for `step` on a `spec` GPU; returns what was compiled (`traffic`:
+    with inductor's byte estimates, `Trace.traffic()`)."""
     from videomae.train.step import ops_context
 
     trace = Trace()
     with fake_cuda(spec) as mode:
         config, precision, call = cli_step(step, mode)
         trace.config = config.as_dict()
-        with recording(trace), precision.autocast(), ops_context(config):
+        with recording(trace, traffic), precision.autocast(), ops_context(config):
             try:
                 call()
             except NotRun:
@@ -669,6 +705,7 @@ def main(argv=None) -> int:
     ap.add_argument("--clip-dtype", default="uint8", choices=("uint8", "float32"))
     ap.add_argument("--json", default=None, help="write the summary (and the kernels, with --kernels) here")
     ap.add_argument("--kernels", action="store_true", help="include inductor's kernels (source, PTX) in --json")
+    ap.add_argument("--traffic", action="store_true", help="inductor's estimate of its kernels' bytes per step")
     args = ap.parse_args(argv)
     if not preloaded():  # re-run with the preload: it must be in place before torch loads
         res = run_isolated(["-m", "bench.trace", *(sys.argv[1:] if argv is None else argv)])
@@ -678,8 +715,9 @@ def main(argv=None) -> int:
     step = Step(command=args.command, batch=args.batch, ops_backend=args.ops_backend, attention=args.attention,
                 v2=args.v2, clip_dtype=args.clip_dtype, depth=args.depth)
     t0 = time.monotonic()
-    trace = trace_step(step)
+    trace = trace_step(step, traffic=args.traffic)
     out = {"step": dataclasses.asdict(step), "config": trace.config, **trace.summary(),
+           **({"traffic": trace.traffic()} if args.traffic else {}),
            "seconds": round(time.monotonic() - t0, 1), "torch": torch.__version__}
     print(json.dumps(out))
     if args.json:

@@ -112,3 +112,22 @@ def test_classify_profiler_kernel_names():
     assert C.classify_kernel("aten::addmm") == "matmul"
     assert C.classify_kernel("videomae::cube_embed_triton") == "fused-op"
     assert C.classify_kernel("Memcpy DtoD (Device -> Device)") == "pointwise"
+
+
+def test_inductor_traffic_counts_launches_not_kernels():
+    """Trace.traffic: each kernel's estimate once per launch in the wrappers, one entry per name (configs repeat)."""
+    from bench.trace import Kernel, Trace
+
+    def k(name, gb, graph):
+        return Kernel(name=name, source="", ptx=None, shared=None, num_warps=4, num_stages=1, graph=graph, num_gb=gb)
+
+    t = Trace(kernels=[k("triton_poi_fused_add_0", 0.5, "forward"), k("triton_poi_fused_add_0", 0.5, "forward"),
+                       k("triton_per_fused_native_layer_norm_1", 2.0, "backward"), k("triton_red_fused_sum_2", 1.0,
+                                                                                    "backward")],
+              wrappers=["triton_poi_fused_add_0.run(buf0, stream=s)\ntriton_poi_fused_add_0.run(buf1, stream=s)\n"
+                        "triton_poi_fused_add_0.run(buf2, stream=s)",
+                        "triton_per_fused_native_layer_norm_1.run(a, b)\n# triton_red_fused_sum_2 never launched"])
+    got = t.traffic()
+    assert got["launches"] == 4 and got["kernels"] == 3
+    assert got["gb"] == {"backward": 2.0, "forward": 1.5, "per": 2.0, "poi": 1.5, "red": 0.0}
+    assert got["total_gb"] == 3.5
