@@ -560,6 +560,12 @@ def markdown(r: dict) -> str:
                   f"persistent reductions {ind['gb'].get('per', 0):.2f}, looped reductions "
                   f"{ind['gb'].get('red', 0):.2f}, pointwise {ind['gb'].get('poi', 0):.2f}): "
                   f"{ind['total_gb'] / gm['gb']:.2f}x the model's bytes."]
+        glue_ms = sum(h["by_class_ms"].get(c, 0) for c in GLUE)
+        ms = glue_ms * ind["total_gb"] / gm["gb"] + (ind["launches"] - gm["kernels"]) * LAUNCH_S * 1e3
+        step = h["step_ms"] - glue_ms + ms
+        lines += ["", f"Priced at this model's glue rates, inductor's kernels take {ms:.2f} ms instead of "
+                  f"{glue_ms:.2f}: {step:.1f} ms per step, {r['batch'] / step * 1e3:.0f} clips/s (the headline above "
+                  f"keeps the model's own fusion)."]
     lines += ["", "## Largest kernels", "", "| ms | class | phase | component | GB | GFLOP | shape |",
               "|---:|---|---|---|---:|---:|---|"]
     for k in r["largest_kernels"][:20]:
