@@ -460,11 +460,11 @@ def inductor_traffic(batch: int = 32) -> dict:
     work as its `pointwise`, `reduction` and `cast` kernels without asking inductor."""
     import tempfile
 
-    from bench import trace
+    from bench import nodriver
 
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "trace.json"
-        res = trace.run_isolated(["-m", "bench.trace", "--batch", str(batch), "--traffic", "--json", str(out)],
+        res = nodriver.run_isolated(["-m", "bench.trace", "--batch", str(batch), "--traffic", "--json", str(out)],
                                  timeout=3600)
         if res.returncode:
             raise RuntimeError(f"bench.trace --traffic failed:\n{(res.stdout + res.stderr)[-3000:]}")

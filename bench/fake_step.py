@@ -41,7 +41,7 @@ from torch.nn.attention import SDPBackend
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bench.trace import H200  # one H200 for both fake devices, as the GPU machine reports it
+from bench.nodriver import H200  # one H200 for both fake devices, as the GPU machine reports it
 
 # --------------------------------------------------------------------------------------------- the fake device
 

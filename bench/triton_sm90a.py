@@ -6,7 +6,7 @@ spills -> bench/results/triton-sm90a.json. One command, rerun after any kernel c
     python -m bench.triton_sm90a --check            # exit 1 on a compile error or a spill (what CI asks)
 
 Ours: `videomae pretrain`'s step (ViT-B, B=32, 16x224x224, tube 0.9, bf16 autocast, ops backend `triton`) runs
-eagerly, forward and backward, on fake CUDA tensors with an H200's properties (bench/trace.py), with uint8 and fp32
+eagerly, forward and backward, on fake CUDA tensors with an H200's properties (bench/nodriver.py), with uint8 and fp32
 clips, V1 and V2 dual masking (the loss over `scored`). Every launch of a `@triton.jit` kernel is recorded instead of
 run; each distinct specialization (Triton's own binder: argument types, 16-byte alignment, constexprs, num_warps)
 is compiled by `triton.compile` for `GPUTarget("cuda", 90, 32)`, i.e. sm_90a, through Triton's bundled ptxas.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from bench import common, trace
+from bench import common, nodriver, trace
 
 OUT = common.REPO / "bench" / "results" / "triton-sm90a.json"
 ARCH = "sm_90a"
@@ -130,7 +130,7 @@ def record_launches(step: trace.Step) -> list[Launch]:
         launches.append(Launch(self, tuple(map(_as_launch_arg, args)), kwargs, tuple(grid),
                                case_name(step) + "".join(marks)))
 
-    with trace.fake_cuda() as mode:
+    with nodriver.fake_cuda() as mode:
         config, precision, call = trace.cli_step(step, mode, compile=False)
         # The fake mode below ours: tensors the bodies make (outputs, constants) are fake CUDA tensors too.
         with precision.autocast(), ops_context(config), mode, _RunTritonBodies(marks), \
@@ -344,8 +344,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=OUT, help=f"where to write (default {OUT.relative_to(common.REPO)})")
     ap.add_argument("--check", action="store_true", help="exit 1 on a compile error or a spill")
     args = ap.parse_args(argv)
-    if not trace.preloaded():  # the fake-CUDA process needs libnodriver before torch loads
-        res = trace.run_isolated(["-m", "bench.triton_sm90a", *(sys.argv[1:] if argv is None else argv)])
+    if not nodriver.preloaded():  # the fake-CUDA process needs libnodriver before torch loads
+        res = nodriver.run_isolated(["-m", "bench.triton_sm90a", *(sys.argv[1:] if argv is None else argv)])
         sys.stdout.write(res.stdout)
         sys.stderr.write(res.stderr)
         return res.returncode

@@ -1,13 +1,13 @@
 """What the GPU will compile, compiled without one (issue 20 item 2).
 
 `videomae pretrain`'s compiled objective (ViT-B dims, 16x224x224, tube 0.9, bf16 autocast, uint8 clips as the
-device feed delivers them; V2 dual masking) and `videomae finetune --compile`'s forward are traced on fake CUDA
-tensors with an H200's properties (bench/trace.py) through dynamo (fullgraph), AOTAutograd's joint graph and
-inductor's lowering, Triton code generation and Triton compilation for sm_90, stopping where the compiled code would
-start running; every kernel inductor generated is then assembled for sm_90a and must not spill. Ops backend forced
-to `triton`, and to `cuda` where this stack built `videomae._C`; attention is what `auto` picks on an H200 (cuDNN
-SDPA). Each trace runs in its own process (bench.trace.run_isolated): it
-replaces the CUDA device guard for that process's lifetime.
+device feed delivers them; V2 dual masking) and `videomae finetune --compile`'s forward are traced (bench/trace.py)
+on fake CUDA tensors with an H200's properties (bench/nodriver.py) through dynamo (fullgraph), AOTAutograd's joint
+graph and inductor's lowering, Triton code generation and Triton compilation for sm_90, stopping where the compiled
+code would start running; every kernel inductor generated is then assembled for sm_90a and must not spill. Ops
+backend forced to `triton`, and to `cuda` where this stack built `videomae._C`; attention is what `auto` picks on an
+H200 (cuDNN SDPA). Each trace runs in its own process (bench.nodriver.run_isolated): it replaces the CUDA device
+guard for that process's lifetime.
 
 Cost on CI's 2 cores: every encoder block compiles to the same kernels, so depth 2 is ViT-B's whole kernel set
 (dims, heads, token counts: everything but the repeat count) at a fraction of the dynamo/AOT time of depth 12;
@@ -21,7 +21,7 @@ import os
 
 import pytest
 
-from bench import trace, triton_sm90a
+from bench import nodriver, triton_sm90a
 from videomae import _ext
 
 DEPTH = os.environ.get("VIDEOMAE_TRACE_DEPTH", "2")
@@ -30,7 +30,7 @@ ATTENTION_ON_H200 = "_scaled_dot_product_cudnn_attention"  # auto on cuda-sm90 b
 
 def traced(tmp_path, *args: str) -> dict:
     out = tmp_path / "trace.json"
-    res = trace.run_isolated(["-m", "bench.trace", "--depth", DEPTH, *args, "--json", str(out), "--kernels"],
+    res = nodriver.run_isolated(["-m", "bench.trace", "--depth", DEPTH, *args, "--json", str(out), "--kernels"],
                              timeout=1500)
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
     return json.loads(out.read_text())

@@ -13,13 +13,13 @@ import pytest
 import torch
 import triton.language as tl
 
-from bench import trace
+from bench import nodriver
 from bench import triton_sm90a as sm90a
 
 
 def test_every_kernel_compiles_for_sm90a_at_the_headline_shapes_without_spilling(tmp_path):
     out = tmp_path / "sm90a.json"
-    res = trace.run_isolated(["-m", "bench.triton_sm90a", "--no-inductor", "--check", "--json", str(out)],
+    res = nodriver.run_isolated(["-m", "bench.triton_sm90a", "--no-inductor", "--check", "--json", str(out)],
                              timeout=1500)
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
     report = json.loads(out.read_text())
