@@ -566,6 +566,10 @@ def markdown(r: dict) -> str:
         lines += ["", f"Priced at this model's glue rates, inductor's kernels take {ms:.2f} ms instead of "
                   f"{glue_ms:.2f}: {step:.1f} ms per step, {r['batch'] / step * 1e3:.0f} clips/s (the headline above "
                   f"keeps the model's own fusion)."]
+        lines += ["", "Inductor's kernels moving the most bytes per step:", "",
+                  "| GB per step | launches | GB per launch | graph | kernel |", "|---:|---:|---:|---|---|"]
+        lines += [f"| {t['gb']:.3f} | {t['launches']} | {t['gb_per_launch']:.4f} | {t['graph']} | `{t['kernel']}` |"
+                  for t in ind.get("top", [])]
     lines += ["", "## Largest kernels", "", "| ms | class | phase | component | GB | GFLOP | shape |",
               "|---:|---|---|---|---:|---:|---|"]
     for k in r["largest_kernels"][:20]:

@@ -65,26 +65,31 @@ class Trace:
                 "aot_nodes": {k: len(g.graph.nodes) for k, g in self.aot_graphs.items()},
                 "kernels": len(self.kernels), "ops": self.ops, "reached_run": self.ran}
 
-    def traffic(self) -> dict:
+    def traffic(self, top_n: int = 12) -> dict:
         """GB one step of inductor's own kernels reads and writes: each kernel's `num_gb` (inductor's estimate,
         its `benchmark_kernel` figure) times its launches in the generated wrappers (12 encoder blocks launch the
-        same kernel 12 times), per graph and per kind (`per`sistent / `red`uction / `poi`ntwise)."""
+        same kernel 12 times), per graph and per kind (`per`sistent / `red`uction / `poi`ntwise), and the `top_n`
+        kernels by bytes per step."""
         launches: dict[str, int] = {}
         for code in self.wrappers:
             for name in re.findall(r"\b(triton_\w+)\.run\(", code):
                 launches[name] = launches.get(name, 0) + 1
         gb: dict[str, float] = {}
-        seen = set()
+        seen = {}
         for k in self.kernels:
             if k.name in seen or k.num_gb is None:  # one entry per config; every config moves the same bytes
                 continue
-            seen.add(k.name)
+            seen[k.name] = k
             n = launches.get(k.name, 0)
             for key in (k.graph, k.name.split("_")[1]):
                 gb[key] = gb.get(key, 0.0) + k.num_gb * n
+        top = sorted(seen.values(), key=lambda k: -k.num_gb * launches.get(k.name, 0))[:top_n]
         return {"launches": sum(launches.values()), "kernels": len(seen),
                 "gb": {k: round(v, 3) for k, v in sorted(gb.items())},
-                "total_gb": round(sum(v for k, v in gb.items() if k in ("forward", "backward", "inference")), 3)}
+                "total_gb": round(sum(v for k, v in gb.items() if k in ("forward", "backward", "inference")), 3),
+                "top": [{"kernel": k.name, "graph": k.graph, "gb_per_launch": round(k.num_gb, 4),
+                         "launches": launches.get(k.name, 0), "gb": round(k.num_gb * launches.get(k.name, 0), 3)}
+                        for k in top]}
 
 
 def _graph_ops(gm) -> list[str]:

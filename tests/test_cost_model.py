@@ -131,3 +131,6 @@ def test_inductor_traffic_counts_launches_not_kernels():
     assert got["launches"] == 4 and got["kernels"] == 3
     assert got["gb"] == {"backward": 2.0, "forward": 1.5, "per": 2.0, "poi": 1.5, "red": 0.0}
     assert got["total_gb"] == 3.5
+    assert [(r["kernel"], r["launches"], r["gb"]) for r in got["top"]] == [
+        ("triton_per_fused_native_layer_norm_1", 1, 2.0), ("triton_poi_fused_add_0", 3, 1.5),
+        ("triton_red_fused_sum_2", 0, 0.0)]
