@@ -35,8 +35,9 @@ COMPILE_SETTINGS = {"ban_recompute_materialized_backward": False}  # torch._func
 # for dx fused with the column sums for d weight, d bias) also recomputes the residual add and the normalized
 # forward in the same loop: on torch 2.11 (the GPU machine's) its fixed config (2 warps, XBLOCK 4, 512-wide rows)
 # then hits the 255-register cap and spills (bench/triton_sm90a.py). Without it the column sums are split
-# reductions of their own: inductor's estimate of the fused kernels' traffic (its kernel_num_gb, per launch) for
-# the ViT-B step at B=32 grows from 20.47 to 21.12 GB (+3%, about 0.15 ms at copy bandwidth), and nothing spills.
+# reductions of their own: inductor's estimate of its kernels' traffic for the ViT-B step at B=32 (`bench/trace.py
+# --traffic`, torch 2.11) grows from 16.67 to 17.32 GB and 607 to 634 launches (+4%, about 0.15 ms at copy
+# bandwidth), and nothing spills.
 INDUCTOR_SETTINGS = {"triton.mix_order_reduction": False}
 
 _aten = torch.ops.aten
