@@ -23,16 +23,33 @@ def bench_dir() -> Path:
 
 
 def scripts() -> list[str]:
+    """The runnable scripts of bench/ (those with a `__main__` block; the helper modules are not listed)."""
     folder = bench_dir()
-    return sorted(p.stem for p in folder.glob("*.py") if not p.name.startswith("_")) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.py")
+                  if not p.name.startswith("_") and '__name__ == "__main__"' in p.read_text(errors="replace"))
+
+
+def resolve(name: str, found: list[str]) -> str | None:
+    """`name` itself, or the one script it begins (`cost` -> `cost_model`); None when none or several match."""
+    if name in found:
+        return name
+    matches = [s for s in found if s.startswith(name)]
+    return matches[0] if len(matches) == 1 else None
 
 
 def check(args) -> None:
     found = scripts()
     if not found:
         c.fail(args, f"no benchmark scripts in {bench_dir()} (bench/ ships with the source tree, not the wheel)")
-    if args.name and args.name not in found:
-        c.fail(args, f"no benchmark {args.name!r} in {bench_dir()}; available: {', '.join(found)}")
+    if args.name:
+        name = resolve(args.name, found)
+        if name is None:
+            matches = [s for s in found if s.startswith(args.name)]
+            c.fail(args, f"benchmark {args.name!r} is ambiguous: {', '.join(matches)}" if matches else
+                   f"no benchmark {args.name!r} in {bench_dir()}; available: {', '.join(found)}")
+        args.name = name
 
 
 def run(args) -> int:
