@@ -75,22 +75,21 @@ class Trace:
             # `.run(*args, ...)` is the benchmark harness benchmark_kernel adds to each kernel's module, not a launch
             for name in re.findall(r"\b(triton_\w+)\.run\((?!\*args)", code):
                 launches[name] = launches.get(name, 0) + 1
+        seen: dict[str, Kernel] = {}
+        for k in self.kernels:  # one entry per config; every config moves the same bytes
+            if k.num_gb is not None:
+                seen.setdefault(k.name, k)
+        per_step = {name: k.num_gb * launches.get(name, 0) for name, k in seen.items()}
         gb: dict[str, float] = {}
-        seen = {}
-        for k in self.kernels:
-            if k.name in seen or k.num_gb is None:  # one entry per config; every config moves the same bytes
-                continue
-            seen[k.name] = k
-            n = launches.get(k.name, 0)
-            for key in (k.graph, k.name.split("_")[1]):
-                gb[key] = gb.get(key, 0.0) + k.num_gb * n
-        top = sorted(seen.values(), key=lambda k: -k.num_gb * launches.get(k.name, 0))[:top_n]
+        for name, k in seen.items():
+            for key in (k.graph, name.split("_")[1]):
+                gb[key] = gb.get(key, 0.0) + per_step[name]
+        top = sorted(seen, key=lambda name: -per_step[name])[:top_n]
         return {"launches": sum(launches.values()), "kernels": len(seen),
                 "gb": {k: round(v, 3) for k, v in sorted(gb.items())},
                 "total_gb": round(sum(v for k, v in gb.items() if k in ("forward", "backward", "inference")), 3),
-                "top": [{"kernel": k.name, "graph": k.graph, "gb_per_launch": round(k.num_gb, 4),
-                         "launches": launches.get(k.name, 0), "gb": round(k.num_gb * launches.get(k.name, 0), 3)}
-                        for k in top]}
+                "top": [{"kernel": name, "graph": seen[name].graph, "gb_per_launch": round(seen[name].num_gb, 4),
+                         "launches": launches.get(name, 0), "gb": round(per_step[name], 3)} for name in top]}
 
 
 def _graph_ops(gm) -> list[str]:

@@ -73,7 +73,6 @@ def test_json_report_round_trips(capsys):
     assert report["fused ops"]["report"].keys() == {"cube_embed", "decoder_input", "norm_pix_mse", "add_layer_norm"}
 
 
-
 def test_layout_names_the_folder_each_kernel_family_lives_in():
     """`videomae.kernels` is the design's kernels/ folder, one Triton file per op, whatever the install."""
     from pathlib import Path

@@ -31,12 +31,15 @@ def scripts() -> list[str]:
                   if not p.name.startswith("_") and '__name__ == "__main__"' in p.read_text(errors="replace"))
 
 
+def matches(name: str, found: list[str]) -> list[str]:
+    """`[name]` when it is a script, else every script it begins (`cost` -> `cost_model`)."""
+    return [name] if name in found else [s for s in found if s.startswith(name)]
+
+
 def resolve(name: str, found: list[str]) -> str | None:
-    """`name` itself, or the one script it begins (`cost` -> `cost_model`); None when none or several match."""
-    if name in found:
-        return name
-    matches = [s for s in found if s.startswith(name)]
-    return matches[0] if len(matches) == 1 else None
+    """The one script `name` means; None when none or several match."""
+    hits = matches(name, found)
+    return hits[0] if len(hits) == 1 else None
 
 
 def check(args) -> None:
@@ -44,12 +47,12 @@ def check(args) -> None:
     if not found:
         c.fail(args, f"no benchmark scripts in {bench_dir()} (bench/ ships with the source tree, not the wheel)")
     if args.name:
-        name = resolve(args.name, found)
-        if name is None:
-            matches = [s for s in found if s.startswith(args.name)]
-            c.fail(args, f"benchmark {args.name!r} is ambiguous: {', '.join(matches)}" if matches else
-                   f"no benchmark {args.name!r} in {bench_dir()}; available: {', '.join(found)}")
-        args.name = name
+        hits = matches(args.name, found)
+        if not hits:
+            c.fail(args, f"no benchmark {args.name!r} in {bench_dir()}; available: {', '.join(found)}")
+        if len(hits) > 1:
+            c.fail(args, f"benchmark {args.name!r} is ambiguous: {', '.join(hits)}")
+        args.name = hits[0]
 
 
 def run(args) -> int:
