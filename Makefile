@@ -7,6 +7,12 @@ STAMP := $(VENV)/.installed
 # CI has no GPU: build the CUDA extension for Hopper only, with both cores.
 export TORCH_CUDA_ARCH_LIST ?= 9.0
 export MAX_JOBS ?= 2
+# Each stack is a CUDA build of torch (about 6 GiB installed); pip's cache would keep a second copy of every wheel
+# it downloads, which once ran a CI machine out of disk. Installs stop first, in one line, when the disk is short.
+PIP_INSTALL = -m pip install -q --no-cache-dir
+NEED_GIB = 7
+CHECK_DISK = $(PYTHON) -c 'import shutil, sys; free = shutil.disk_usage(".").free / 2**30; \
+  free < $(NEED_GIB) and sys.exit(f"Makefile: only {free:.1f} GiB free on this disk; installing $(@D) needs about $(NEED_GIB) GiB")'
 
 # The GPU machine's stack: Python 3.12, torch 2.11.0 (+cu130), triton 3.6.0, transformers 5.17.0, no av / decord.
 # `make test` also runs, on it, the tests of what must work there (op registration, the ops, the fused model, the
@@ -27,19 +33,21 @@ PINNED_TESTS = tests/ops tests/test_models.py tests/test_sync_free.py tests/test
 install: $(STAMP)
 
 $(STAMP): pyproject.toml setup.py
+	@$(CHECK_DISK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q "torch>=2.11" ninja
-	$(PY) -m pip install -q --no-build-isolation -e ".[dev,hf,timm,decord,export]"
+	$(PY) $(PIP_INSTALL) --upgrade pip setuptools wheel
+	$(PY) $(PIP_INSTALL) "torch>=2.11" ninja
+	$(PY) $(PIP_INSTALL) --no-build-isolation -e ".[dev,hf,timm,decord,export]"
 	touch $(STAMP)
 
 install-pinned: $(PINNED_STAMP)
 
 $(PINNED_STAMP): pyproject.toml setup.py
+	@$(CHECK_DISK)
 	$(PINNED_PYTHON) -m venv $(PINNED)
-	$(PINNED_PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PINNED_PY) -m pip install -q $(GPU_STACK) ninja $$($(PINNED_PY) .ci/pinned_deps.py)
-	VIDEOMAE_SKIP_CUDA_BUILD=1 $(PINNED_PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PINNED_PY) $(PIP_INSTALL) --upgrade pip setuptools wheel
+	$(PINNED_PY) $(PIP_INSTALL) $(GPU_STACK) ninja $$($(PINNED_PY) .ci/pinned_deps.py)
+	VIDEOMAE_SKIP_CUDA_BUILD=1 $(PINNED_PY) $(PIP_INSTALL) --no-build-isolation --no-deps -e .
 	$(PINNED_PY) -c 'import sys, torch, triton, transformers as t; \
 	  print("pinned stack: python", sys.version.split()[0], torch.__version__, triton.__version__, t.__version__)'
 	touch $(PINNED_STAMP)
