@@ -1,11 +1,12 @@
-"""bench/cost_model.py counts FLOPs and bytes per kernel and fuses the glue the way inductor does: checked on small
-graphs whose kernels are worked out by hand (no timings)."""
+"""bench/cost_kernels.py counts FLOPs and bytes per kernel and fuses the glue the way inductor does, and
+bench/cost_model.py prices them: checked on small graphs whose kernels are worked out by hand (no timings)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from bench import cost_kernels as K
 from bench import cost_model as C
 
 BF16, FP32 = 2, 4
@@ -24,21 +25,21 @@ def by_class(ks):
 
 def test_matmul_flops_and_bytes():
     m, k, n = 64, 32, 48
-    ks = C.kernels(trace(lambda a, b: a @ b, (m, k), (k, n), dtype=torch.bfloat16), "forward")
+    ks = K.kernels(trace(lambda a, b: a @ b, (m, k), (k, n), dtype=torch.bfloat16), "forward")
     (mm,) = ks
     assert mm.cls == "matmul" and mm.flops == 2 * m * n * k
     assert mm.bytes == (m * k + k * n + m * n) * BF16
 
 
 def test_addmm_reads_the_bias():
-    ks = C.kernels(trace(lambda x, w, b: F.linear(x, w, b), (10, 8), (6, 8), (6,)), "forward")
+    ks = K.kernels(trace(lambda x, w, b: F.linear(x, w, b), (10, 8), (6, 8), (6,)), "forward")
     (mm,) = [k for k in ks if k.cls == "matmul"]
     assert mm.flops == 2 * 10 * 6 * 8 and mm.bytes == (10 * 8 + 6 * 8 + 6 + 10 * 6) * FP32
 
 
 def test_pointwise_chain_is_one_kernel():
     # y = exp(2x + 1): one kernel reading x once and writing y once.
-    ks = C.kernels(trace(lambda x: (x * 2 + 1).exp(), (100, 30)), "forward")
+    ks = K.kernels(trace(lambda x: (x * 2 + 1).exp(), (100, 30)), "forward")
     assert [k.cls for k in ks] == ["pointwise"] and ks[0].bytes == 2 * 100 * 30 * FP32
 
 
@@ -50,7 +51,7 @@ def test_no_fusion_across_a_matmul():
         return a @ w + a.cos()
 
     n, d = 16, 8
-    ks = by_class(C.kernels(trace(fn, (n, d), (d, d)), "forward"))
+    ks = by_class(K.kernels(trace(fn, (n, d), (d, d)), "forward"))
     assert len(ks["matmul"]) == 1 and len(ks["pointwise"]) == 2
     first, second = sorted(ks["pointwise"], key=lambda k: k.bytes)
     # {sin, cos}: reads x, writes sin (for the matmul) and cos (for the add); {add}: reads m and cos, writes out.
@@ -62,13 +63,13 @@ def test_views_are_free_and_reduction_over_rows_fuses():
     def fn(x):
         return (x - x.mean(-1, keepdim=True)).transpose(0, 1) * 3
 
-    ks = C.kernels(trace(fn, (12, 20)), "forward")
+    ks = K.kernels(trace(fn, (12, 20)), "forward")
     assert [k.cls for k in ks] == ["reduction"] and ks[0].bytes == 2 * 12 * 20 * FP32
 
 
 def test_column_sum_is_its_own_kernel():
     # A bias gradient: sum over rows of a pointwise product -> the product's kernel writes it, the sum reads it.
-    ks = C.kernels(trace(lambda g, x: (g * x).sum(0), (30, 10), (30, 10)), "forward")
+    ks = K.kernels(trace(lambda g, x: (g * x).sum(0), (30, 10), (30, 10)), "forward")
     kinds = sorted((k.cls, k.bytes) for k in ks)
     assert kinds == [("pointwise", 3 * 30 * 10 * FP32), ("reduction", 30 * 10 * FP32 + 10 * FP32)]
 
@@ -79,22 +80,22 @@ def test_attention_flops():
     def fn(q, k, v):
         return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=0.3)[0]
 
-    ks = [k for k in C.kernels(trace(fn, *[(b, h, n, d)] * 3, dtype=torch.bfloat16), "forward")
+    ks = [k for k in K.kernels(trace(fn, *[(b, h, n, d)] * 3, dtype=torch.bfloat16), "forward")
           if k.cls == "attention"]
     assert len(ks) == 1 and ks[0].flops == 4 * b * h * n * n * d and ks[0].attention_kernel == "flash"
 
 
 def test_roofline_time():
     eff = C.Efficiency()
-    mem = C.Kernel("copy", "pointwise", "x", "forward", 0, 4.3e9)
-    mm = C.Kernel("mm", "matmul", "x", "forward", 790e12, 0, shape="1x4096x4096x4096")
+    mem = K.Kernel("copy", "pointwise", "x", "forward", 0, 4.3e9)
+    mm = K.Kernel("mm", "matmul", "x", "forward", 790e12, 0, shape="1x4096x4096x4096")
     t_mem, t_mm = (k.time_s for k in C.predict([mem, mm], eff, launch_s=0.0))
     assert t_mem == pytest.approx(1e-3 / eff.pointwise)
     assert t_mm == pytest.approx(1.0 / eff.gemm(4096, 4096, 4096))
 
 
 def test_optimizer_bytes():
-    adam, norm = C.optimizer_kernels(1000)
+    adam, norm = K.optimizer_kernels(1000)
     assert adam.bytes == 28 * 1000 and norm.bytes == 4 * 1000
 
 
