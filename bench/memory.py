@@ -42,7 +42,6 @@ import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -53,6 +52,7 @@ if str(ROOT) not in sys.path:
 
 import videomae  # noqa: E402
 from bench import fake_step as fs  # noqa: E402
+from bench import peers  # noqa: E402
 from bench.common import provenance  # noqa: E402
 from videomae import dispatch  # noqa: E402
 from videomae.masking import TokenIds, token_ids, tube_mask  # noqa: E402
@@ -106,22 +106,6 @@ AFTER = {"hf": {"decoder.head": "loss"}}  # the loss that runs inside the model'
 # --------------------------------------------------------------------------------------------- the steps
 
 
-def import_transformers():
-    """transformers, with PyPI's `kernels` package (which it imports when installed) resolved before the
-    checkout's top-level `kernels/` folder can shadow it (a checkout on sys.path has both names)."""
-    if "transformers" not in sys.modules and "kernels" not in sys.modules:
-        here = [p for p in sys.path if Path(p or ".").resolve() == ROOT]
-        for p in here:
-            sys.path.remove(p)
-        try:
-            importlib.import_module("kernels")
-        except ImportError:
-            pass
-        finally:
-            sys.path[:0] = here
-    return importlib.import_module("transformers")
-
-
 def _made(factory, meta: bool) -> torch.nn.Module:
     """On the meta device (sizes only, for the fake H200), or on the CPU with its own init (a real GPU run)."""
     return fs.build_meta(factory) if meta else factory()
@@ -132,49 +116,18 @@ def ours_model(size: str, meta: bool = True) -> torch.nn.Module:
 
 
 def hf_model(size: str, meta: bool = True) -> torch.nn.Module:
-    from bench import peers
-
-    tf = import_transformers()
-    s = peers.sizes(ours_model(size))
-    cfg = tf.VideoMAEConfig(
-        image_size=224, patch_size=s["patch_size"], num_channels=3, num_frames=16, tubelet_size=s["tubelet_size"],
-        hidden_size=s["embed_dim"], num_hidden_layers=s["depth"], num_attention_heads=s["heads"],
-        intermediate_size=s["mlp_hidden"], hidden_act="gelu", qv_bias=True, layer_norm_eps=1e-6,
-        use_mean_pooling=False, decoder_num_attention_heads=s["decoder_heads"], decoder_hidden_size=s["decoder_dim"],
-        decoder_num_hidden_layers=s["decoder_depth"], decoder_intermediate_size=s["decoder_mlp_hidden"],
-        norm_pix_loss=True,
-    )
-    cfg._attn_implementation = "sdpa"
-    return _made(lambda: tf.VideoMAEForPreTraining(cfg), meta)
+    return _made(lambda: peers.hf_net(ours_model(size), 16, 224), meta)
 
 
 def official_model(size: str, meta: bool = True, root: Path = OFFICIAL) -> torch.nn.Module:
-    from bench import peers
-
     mp = peers.load_official(peers.official_path(str(root)))
-    s = peers.sizes(ours_model(size))
-    p, t = s["patch_size"], s["tubelet_size"]
-    return _made(lambda: mp.PretrainVisionTransformer(
-        img_size=224, patch_size=p, encoder_embed_dim=s["embed_dim"], encoder_depth=s["depth"],
-        encoder_num_heads=s["heads"], encoder_num_classes=0, decoder_num_classes=3 * t * p * p,
-        decoder_embed_dim=s["decoder_dim"], decoder_depth=s["decoder_depth"], decoder_num_heads=s["decoder_heads"],
-        mlp_ratio=s["mlp_hidden"] / s["embed_dim"], qkv_bias=True, tubelet_size=t,
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6)), meta)
+    return _made(lambda: peers.official_net(mp, ours_model(size), 224), meta)
 
 
 def official_loss(videos: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """engine_for_pretraining.train_one_epoch's loss (targets in fp32, no grad; the MSE under autocast)."""
-    from einops import rearrange
-
-    from videomae.constants import IMAGENET_MEAN, IMAGENET_STD
-
-    mean = torch.tensor(IMAGENET_MEAN, device=videos.device)[None, :, None, None, None]
-    std = torch.tensor(IMAGENET_STD, device=videos.device)[None, :, None, None, None]
-    with torch.no_grad():
-        sq = rearrange(videos * std + mean, "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c", p0=2, p1=16, p2=16)
-        norm = (sq - sq.mean(dim=-2, keepdim=True)) / (sq.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
-        patch = rearrange(norm, "b n p c -> b n (p c)")
-        labels = patch[mask].reshape(videos.shape[0], -1, patch.shape[-1])
+    patch = peers.official_targets(videos)
+    labels = patch[mask].reshape(videos.shape[0], -1, patch.shape[-1])
     return torch.nn.functional.mse_loss(pred, labels)
 
 

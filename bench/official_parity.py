@@ -29,25 +29,20 @@ import warnings
 from pathlib import Path
 
 import torch
-from einops import rearrange
 
-import videomae
-from videomae import ops
-from videomae.masking import running_cell_mask, token_ids, tube_mask
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+import videomae  # noqa: E402
+from bench.peers import official_targets  # noqa: E402
+from videomae import ops  # noqa: E402
+from videomae.masking import running_cell_mask, token_ids, tube_mask  # noqa: E402
 
 
 def official_engine_loss(videos, pred, mask, decode_mask=None, patch_size=16):
     """The official engines' loss, written out from engine_for_pretraining.py (V1; V2 with decode_mask)."""
-    mean = torch.as_tensor(MEAN)[None, :, None, None, None]
-    std = torch.as_tensor(STD)[None, :, None, None, None]
-    unnorm = videos * std + mean
-    p = patch_size
-    squeeze = rearrange(unnorm, "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c", p0=2, p1=p, p2=p)
-    std_cube = squeeze.var(dim=-2, unbiased=True, keepdim=True).sqrt()
-    norm = (squeeze - squeeze.mean(dim=-2, keepdim=True)) / (std_cube + 1e-6)
-    patches = rearrange(norm, "b n p c -> b n (p c)")
+    patches = official_targets(videos, 2, patch_size)
     b, _, c = patches.shape
     if decode_mask is None:
         return torch.nn.functional.mse_loss(pred, patches[mask].reshape(b, -1, c))
