@@ -15,7 +15,7 @@ policy applies (LayerNorm, softmax, MSE in fp32), SDPA runs the aten kernel PyTo
 on an H200, the fused ops dispatch to their GPU backends (their fake kernels give the GPU's dtypes), and the
 storages saved are those the GPU would hold, without allocating them. This is more faithful than emulating CUDA
 autocast with CPU autocast, whose policy differs (CPU autocast keeps a bf16 LayerNorm in bf16), and it costs
-seconds at any size. `measure_device` measures the same rows on a real GPU.
+seconds at any size. `measure_device` (bench/memory_device.py) measures the same rows on a real GPU.
 - `ours`: the CLI's model and objective, dispatcher on auto (attention: what auto picks on an H200).
 - `ours-eager-attn`: the same with eager attention (the reference): what SDPA's output + log-sum-exp saves.
 - `ours-compiled`: the saved values of the training graph as inductor partitions it (`fake_step.capture_
@@ -182,7 +182,6 @@ def _inputs(mask: torch.Tensor, ids: TokenIds, device: str, mode: fs.FakeDeviceM
 
 
 def _attention_switch(peer: str):
-    from videomae import dispatch
 
     return dispatch.use_backend(attention="eager" if peer == "ours-eager-attn" else "auto")
 
@@ -332,59 +331,6 @@ def max_batch(per_clip_bytes: int, size: str, capacity: int) -> int:
     return max(0, int((capacity - model_state_bytes(size) - RESERVE) // per_clip_bytes))
 
 
-# --------------------------------------------------------------------------------------------- on a GPU
-
-
-def measure_device(peer: str = "ours", size: str = "B", batches: tuple[int, int] = (8, 16),
-                   device: str = "cuda") -> dict:
-    """The same rows measured on a real GPU (`bench/gpu.sh`): per clip from two batch sizes,
-    - `hooks_per_clip`: the saved_tensors_hooks count of this module on real tensors (must equal the fake figure),
-    - `allocated_per_clip`: `torch.cuda.memory_allocated` after forward + loss minus before it,
-    - `peak_per_clip`: `torch.cuda.max_memory_allocated` over forward + loss + backward, minus the memory before,
-    each per clip as (value at batches[1] - value at batches[0]) / (batches[1] - batches[0]).
-    Compiled peers compile `forward + loss` as the CLI does; the optimizer state is not created (constant).
-    On the CPU (bench/gpu.sh --rehearse) only the hooks figure exists: the allocator's counters are CUDA's."""
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    rows = {}
-    for batch in batches:
-        net = build(peer, size, meta=False).to(device).train()
-        mask, ids = real_masks(batch)
-        ids = ids.to(device)
-        videos = torch.randn(batch, 3, 16, 224, 224, device=device)
-        compiled = peer == "ours-compiled"
-        rules = [] if compiled else [fs.ComponentRule(*r) for r in RULES["ours" if peer.startswith("ours") else peer]]
-        tracker = fs.ComponentTracker(net, rules, after=None if compiled else AFTER.get(peer))
-        step = make_step(peer, net, videos, ids, mask.to(device), (lambda label: None) if compiled else tracker.enter)
-        if compiled:  # as the CLI compiles (with the partitioner settings it applies)
-            _recompute().apply_compile_settings()
-            step = torch.compile(step, fullgraph=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                step().backward()  # compile outside the measurement
-            net.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated() if cuda else 0
-        with _attention_switch(peer), fs.SavedBytes(tracker, fs.state_storages(net)) as saved, \
-                torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = step()
-        after_forward = torch.cuda.memory_allocated() if cuda else None
-        loss.backward()
-        rows[batch] = dict(hooks=sum(saved.by_component.values()))
-        if cuda:
-            torch.cuda.synchronize()
-            rows[batch].update(allocated=after_forward - before, peak=torch.cuda.max_memory_allocated() - before)
-        tracker.remove()
-        del net, loss, saved
-        if cuda:
-            torch.cuda.empty_cache()
-    b0, b1 = batches
-    out = {f"{k}_per_clip": (rows[b1][k] - rows[b0][k]) / (b1 - b0) for k in rows[b0]}
-    return {"peer": peer, "size": size, "batches": list(batches), **out, "raw": rows,
-            **provenance(device.type, device.type)}
-
-
 # --------------------------------------------------------------------------------------------- report
 
 
@@ -404,7 +350,6 @@ def run(sizes: list[str], peers: list[str], switches: Switches = Switches()) -> 
             print(f"{size} {peer:16s} {r['total'] / MiB:8.2f} MiB/clip  max batch {fits}", flush=True)
     prov = provenance("torch", "cpu")
     prov["device"] = f"a fake H200 (FakeTensorMode, bench/fake_step.py) on {prov['device']}"
-    from videomae import dispatch
 
     prov["fused_ops_backend"] = (fs.gpu_backends(dispatch.registered()) or ["torch"])[0]
     return dict(rows=rows, method=" ".join(__doc__.split("\n\n")[1:3]).replace("\n", " "),
@@ -466,33 +411,6 @@ def markdown(result: dict, history: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def measure_main(peers: list[str], out: Path, rehearse: bool = False) -> int:
-    """GPU rows next to the fake-H200 figures of the same peers (bench/gpu.sh's memory step). `rehearse`: the same
-    code on the CPU at ViT-S, batches 1 and 2 (hooks only) -> memory-rehearsal.json."""
-    if not (rehearse or torch.cuda.is_available()):
-        raise SystemExit("--measure needs a CUDA device (--rehearse runs the same code on the CPU)")
-    size, batches, device = ("S", (1, 2), "cpu") if rehearse else ("B", (8, 16), "cuda")
-    # The rehearsal runs the ops' reference: the Triton interpreter at ViT-S's sizes takes minutes, and the kernels'
-    # own rehearsal is the smoke and ops steps'.
-    backends = (lambda: dispatch.use_backend(ops="torch")) if rehearse else contextlib.nullcontext
-    rows = []
-    for peer in peers:
-        if peer == "official" and not (OFFICIAL / "modeling_pretrain.py").is_file():
-            continue
-        try:
-            with backends():
-                row = measure_device(peer, size, batches, device)
-        except Exception as e:  # noqa: BLE001 (a peer that fails is recorded, the next one runs)
-            row = {"peer": peer, "size": size, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
-        fake = per_clip(peer, size)
-        row.update(fake_held_per_clip=fake["total"], fake_saved_hooks_per_clip=fake["saved_total"])
-        rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if not isinstance(v, dict)}), flush=True)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"memory-{'rehearsal' if rehearse else 'cuda'}.json").write_text(json.dumps(rows, indent=1) + "\n")
-    return 1 if any("error" in r for r in rows) else 0
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
@@ -508,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     if args.measure:
+        from bench.memory_device import measure_main
+
         return measure_main(args.peers, Path(args.out), args.rehearse)
     switches = Switches(args.recompute, args.partitioner)
     full = args.sizes == list(SIZES) and args.peers == list(PEERS) and switches == Switches()
