@@ -243,6 +243,17 @@ def run(size: str = "B", batch: int = 32, attention_json: str | None = None, che
         **{**provenance("torch", "cpu"), "device": "predicted for an H200 from a graph traced on a fake one"})
 
 
+def target_budget(headline: dict, batch: int, clips_per_s: float = 1900.0) -> dict:
+    """What `clips_per_s` asks of a step with this headline: its TFLOP/s and fraction of PEAK_MATMUL, the time
+    of the compute-bound classes (matmul, attention) at the model's efficiencies, and what is left of the step's
+    budget for the rest (memory-bound: glue, fused ops, optimizer), against what the rest takes now."""
+    step_ms = batch / clips_per_s * 1e3
+    compute = sum(v for k, v in headline["by_class_ms"].items() if k.startswith(("matmul", "attention")))
+    tflops = headline["tflop"] / (step_ms / 1e3)
+    return dict(step_ms=step_ms, tflops_needed=tflops, peak_fraction=tflops * 1e12 / PEAK_MATMUL,
+                compute_ms=compute, left_ms=step_ms - compute, memory_bound_ms=headline["step_ms"] - compute)
+
+
 def markdown(r: dict) -> str:
     h = r["headline"]
     lines = [
@@ -279,6 +290,11 @@ def markdown(r: dict) -> str:
               "|---|---:|---:|"]
     for name, v in r["sensitivity"].items():
         lines.append(f"| {name} | {v['step_ms']:.2f} | {v['clips_per_s']:.0f} |")
+    f = target_budget(h, r["batch"])
+    lines += ["", f"At 1,900 clips/s the step's {h['tflop']:.2f} TFLOP run at {f['tflops_needed']:.0f} TFLOP/s, "
+              f"{f['peak_fraction']:.0%} of the measured peak over the whole step. At this model's efficiencies the "
+              f"GEMMs and attention alone take {f['compute_ms']:.1f} ms, which leaves {f['left_ms']:.1f} ms for the "
+              f"memory-bound kernels that take {f['memory_bound_ms']:.1f} ms here."]
     ind = r.get("inductor_traffic")
     if ind:
         gm = r["glue_model"]

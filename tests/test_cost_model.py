@@ -103,6 +103,17 @@ def test_correction_factor():
     assert C.correct(C.Efficiency(), {"matmul": 2.0, "attention": 1.0}, {"matmul": 3.0}) == {"matmul": 1.5}
 
 
+def test_target_budget_by_hand():
+    """19 clips at 1,900 clips/s is a 10 ms step: 3.16 TFLOP in 10 ms is 316 TFLOP/s, 0.4 of the 790 peak; the
+    matmul and attention classes (4 + 6 ms) use all of it, and the 10 ms of pointwise is what would not fit."""
+    headline = dict(by_class_ms={"matmul (encoder)": 4.0, "attention (decoder)": 6.0, "pointwise": 10.0},
+                    tflop=3.16, step_ms=20.0)
+    got = C.target_budget(headline, batch=19)
+    want = dict(step_ms=10.0, tflops_needed=316.0, peak_fraction=0.4, compute_ms=10.0, left_ms=0.0,
+                memory_bound_ms=10.0)
+    assert got == pytest.approx(want)
+
+
 def test_classify_profiler_kernel_names():
     assert C.classify_kernel("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
     assert C.classify_kernel("cudnn_generated_fort_native_sdpa_sm90_flash_fprop") == "attention"
