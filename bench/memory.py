@@ -181,8 +181,8 @@ def _inputs(mask: torch.Tensor, ids: TokenIds, device: str, mode: fs.FakeDeviceM
     return videos, ids_dev, mask_dev
 
 
-def _attention_switch(peer: str):
-
+def attention_switch(peer: str):
+    """The attention backend of our rows: eager for `ours-eager-attn`, else what `auto` picks."""
     return dispatch.use_backend(attention="eager" if peer == "ours-eager-attn" else "auto")
 
 
@@ -196,16 +196,21 @@ class Switches:
     partitioner: str = "videomae"
 
     def compile_settings(self) -> dict:
-        recompute = _recompute()
+        recompute = recompute_module()
         return dict(recompute.COMPILE_SETTINGS) if recompute and self.partitioner == "videomae" else {}
 
     def context(self):
         """The recompute switch for the eager rows (nothing on a commit before the switch existed)."""
-        recompute = _recompute()
+        recompute = recompute_module()
         return recompute.use_recompute(self.recompute) if recompute else contextlib.nullcontext()
 
 
-def _recompute():
+def official_present() -> bool:
+    """Whether the git-ignored checkout of the official code is there (its rows are skipped without it)."""
+    return (OFFICIAL / "modeling_pretrain.py").is_file()
+
+
+def recompute_module():
     """videomae.layers.recompute, or None on commits before it (the baseline row is measured there)."""
     return importlib.import_module("videomae.layers.recompute") if importlib.util.find_spec(
         "videomae.layers.recompute") else None
@@ -225,7 +230,7 @@ def saved_eager(peer: str, size: str, batch: int, dtype: torch.dtype | None = to
         step = make_step(peer, net, videos, ids, mask, tracker.enter)
         state = fs.state_storages(net)
         held = fs.HeldBytes(tracker, state)
-        with _attention_switch(peer), switches.context(), \
+        with attention_switch(peer), switches.context(), \
                 fs.SavedBytes(tracker, state) as saved, mode, held, fs.autocast("cuda", dtype):
             loss = step()
         tracker.remove()
@@ -338,7 +343,7 @@ def run(sizes: list[str], peers: list[str], switches: Switches = Switches()) -> 
     rows = []
     for size in sizes:
         for peer in peers:
-            if peer == "official" and not (OFFICIAL / "modeling_pretrain.py").is_file():
+            if peer == "official" and not official_present():
                 print(f"official skipped: no checkout at {OFFICIAL}", flush=True)
                 continue
             r = per_clip(peer, size, switches=switches)
@@ -350,7 +355,6 @@ def run(sizes: list[str], peers: list[str], switches: Switches = Switches()) -> 
             print(f"{size} {peer:16s} {r['total'] / MiB:8.2f} MiB/clip  max batch {fits}", flush=True)
     prov = provenance("torch", "cpu")
     prov["device"] = f"a fake H200 (FakeTensorMode, bench/fake_step.py) on {prov['device']}"
-
     prov["fused_ops_backend"] = (fs.gpu_backends(dispatch.registered()) or ["torch"])[0]
     return dict(rows=rows, method=" ".join(__doc__.split("\n\n")[1:3]).replace("\n", " "),
                 clip="16x224x224, tube 0.9, bf16 autocast (CUDA policy), ViT decoder depth 4",

@@ -12,7 +12,17 @@ import torch
 
 from bench import fake_step as fs
 from bench.common import provenance
-from bench.memory import AFTER, OFFICIAL, RULES, _attention_switch, _recompute, build, make_step, per_clip, real_masks
+from bench.memory import (
+    AFTER,
+    RULES,
+    attention_switch,
+    build,
+    make_step,
+    official_present,
+    per_clip,
+    real_masks,
+    recompute_module,
+)
 from videomae import dispatch
 
 
@@ -38,7 +48,7 @@ def measure_device(peer: str = "ours", size: str = "B", batches: tuple[int, int]
         tracker = fs.ComponentTracker(net, rules, after=None if compiled else AFTER.get(peer))
         step = make_step(peer, net, videos, ids, mask.to(device), (lambda label: None) if compiled else tracker.enter)
         if compiled:  # as the CLI compiles (with the partitioner settings it applies)
-            _recompute().apply_compile_settings()
+            recompute_module().apply_compile_settings()
             step = torch.compile(step, fullgraph=True)
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 step().backward()  # compile outside the measurement
@@ -47,7 +57,7 @@ def measure_device(peer: str = "ours", size: str = "B", batches: tuple[int, int]
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated() if cuda else 0
-        with _attention_switch(peer), fs.SavedBytes(tracker, fs.state_storages(net)) as saved, \
+        with attention_switch(peer), fs.SavedBytes(tracker, fs.state_storages(net)) as saved, \
                 torch.autocast(device.type, dtype=torch.bfloat16):
             loss = step()
         after_forward = torch.cuda.memory_allocated() if cuda else None
@@ -77,7 +87,7 @@ def measure_main(peers: list[str], out: Path, rehearse: bool = False) -> int:
     backends = (lambda: dispatch.use_backend(ops="torch")) if rehearse else contextlib.nullcontext
     rows = []
     for peer in peers:
-        if peer == "official" and not (OFFICIAL / "modeling_pretrain.py").is_file():
+        if peer == "official" and not official_present():
             continue
         try:
             with backends():
