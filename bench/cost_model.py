@@ -11,10 +11,11 @@ cast, optimizer).
 
 Time of a kernel = max(FLOPs / (PEAK_MATMUL * e_c), bytes / (COPY_BW * e_b)) + LAUNCH_S, with the efficiencies
 of `EFFICIENCY` (priors from published H100/H200 figures, stated with their source in the table; `correct()`
-replaces them by the ones the GPU measures: `measure()` in bench/gpu.sh's memory step).
+replaces them by the ones the GPU measures: `bench/cost_measure.py`, run by bench/gpu.sh's memory step).
 
     python bench/cost_model.py            # ViT-B, B=32, 16x224x224, tube 0.9 -> bench/results/cost_model.{json,md}
     python bench/cost_model.py --check    # and inductor's own kernels' bytes for the same step, next to the model's
+    python bench/cost_model.py --check --label "what changed"   # also a row in the history of changes
     python bench/cost_model.py --measure  # on a GPU: measured time per kernel class next to the prediction
 """
 
@@ -23,12 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -273,7 +271,16 @@ def markdown(r: dict) -> str:
     lines += ["", "## Per kernel class (ms)", "", "| class | ms | share |", "|---|---:|---:|"]
     for k, v in h["by_class_ms"].items():
         lines.append(f"| {k} | {v:.2f} | {v / h['step_ms']:.0%} |")
-    lines += ["", "## What each change buys", "",
+    if r.get("history"):
+        lines += ["", "## Changes, one at a time", "",
+                  "Each row is one run of this script (`--label`) at the commit shown: the step's prediction before "
+                  "and after each change to the model or the step.", "",
+                  "| change | git | step ms | clips/s | GB moved | TFLOP | glue ms |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for c in r["history"]:
+            lines.append(f"| {c['label']} | {c['git_sha']} | {c['step_ms']:.2f} | {c['clips_per_s']:.0f} | "
+                         f"{c['bytes_gb']:.2f} | {c['tflop']:.3f} | {c['glue_ms']:.2f} |")
+    lines += ["", "## What each setting buys", "",
               "| variant | step ms | clips/s | glue ms (pointwise+reduction+cast) |",
               "|---|---:|---:|---:|"]
     for name, v in r["variants"].items():
@@ -327,90 +334,6 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------------------------- on a GPU
-
-
-CLASS_PATTERNS = (  # profiler event names (CUDA kernels; CPU ops in the rehearsal) -> our classes, first match wins
-    ("copy to device", ("memcpy htod",)),
-    ("attention", ("cudnn", "flash", "fmha", "attention", "sdpa", "softmax")),
-    ("matmul", ("gemm", "nvjet", "xmma", "wgmma", "cutlass", "ampere", "hopper", "aten::mm", "addmm", "bmm",
-                "matmul", "linear")),
-    ("optimizer", ("adam", "foreach", "multi_tensor", "norm_kernel")),
-    ("fused-op", ("cube_embed", "decoder_input", "norm_pix_mse", "add_layer_norm", "token_sum")),
-    ("reduction", ("per_fused", "red_fused", "reduce")),
-    ("pointwise", ("poi_fused", "elementwise", "copy", "memcpy", "memset", "cat")),
-)
-
-
-def classify_kernel(name: str) -> str:
-    """The class of a profiler event (`measure` here, `profile_row` in bench/train_step.py): one classifier."""
-    low = name.lower()
-    for cls, pats in CLASS_PATTERNS:
-        if any(p in low for p in pats):
-            return cls
-    return "other"
-
-
-def measure(size: str = "B", batch: int = 32, steps: int = 10, out: str | None = None,
-            rehearse: bool = False) -> dict:
-    """On a GPU: the CLI step (`bench/train_step.py`'s fast row: the Trainer with the CLI's StepConfig and its
-    DeviceFeed prepare, fed pinned uint8 crops) under torch.profiler; the device time per kernel class next to this
-    model's prediction, and the correction factor per class (measured / predicted) that `correct()` defines.
-    Written to `out` (default bench/results) as cost_model-cuda.json. `rehearse`: the same code on the CPU at
-    train_step's tiny shapes (host time per op, cost_model-rehearsal.json): the path bench/gpu.sh runs, not a
-    figure."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from bench import train_step
-    from bench.common import provenance
-
-    device = torch.device("cpu" if rehearse else "cuda")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--measure needs a CUDA device (--rehearse runs the same code on the CPU)")
-    tiny = train_step.REHEARSAL
-    spec = dict(model=tiny["model"] if rehearse else size, frames=tiny["frames"] if rehearse else 16,
-                size=tiny["size"] if rehearse else 224, ratio=tiny["ratio"] if rehearse else 0.9,
-                batch=tiny["batch_sizes"][0] if rehearse else batch,
-                source=tiny["source"] if rehearse else train_step.SOURCE_HW, peer="fast", compile=None,
-                cuda_graphs=False, compile_backend="inductor")
-    steps = 2 if rehearse else steps
-    inputs = train_step.loader_batches(spec, device)
-    step, losses, backend, extra, _ = train_step.build_ours(spec, device, inputs)
-    cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    for i in range(2 if rehearse else 5):  # compile and warm up outside the profile
-        step(inputs[i % len(inputs)])
-    losses()
-    sync()
-    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter()
-        for i in range(steps):
-            step(inputs[i % len(inputs)])
-        losses()  # the step is sync-free: its losses come back here, after the timed steps
-        sync()
-        step_ms = (time.perf_counter() - t0) * 1e3 / steps
-    measured: dict[str, float] = defaultdict(float)
-    for e in prof.key_averages():
-        t = getattr(e, "device_time_total", 0) if cuda else e.self_cpu_time_total
-        if t:
-            measured[classify_kernel(e.key)] += t / 1e3 / steps  # us -> ms per step
-    ks, _ = step_kernels(size, batch)
-    pred = summarize(predict(ks), batch)
-    pred_class: dict[str, float] = defaultdict(float)
-    for k, v in pred["by_class_ms"].items():
-        pred_class[k.split(" (")[0]] += v
-    result = dict(step_ms_measured=step_ms, step_ms_predicted=pred["step_ms"],
-                  clips_per_s_measured=spec["batch"] / step_ms * 1e3, clips_per_s_predicted=pred["clips_per_s"],
-                  by_class_ms_measured=dict(measured), by_class_ms_predicted=dict(pred_class),
-                  correction=correct(Efficiency(), pred_class, measured),
-                  attention=extra["attention"], spec={k: v for k, v in spec.items() if k != "source"},
-                  **provenance(backend, device.type))
-    path = Path(out or RESULTS) / f"cost_model-{'rehearsal' if rehearse else 'cuda'}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="B", choices=["S", "B", "L"])
@@ -420,15 +343,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attention-json", help="attention rates measured by bench/attention_timing.py instead of priors")
     ap.add_argument("--check", action="store_true",
                     help="also trace the step through inductor and compare its kernels' bytes (about 2 min)")
+    ap.add_argument("--label", help="also append this run's headline to the history of changes under this label")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
+    if args.label and (args.model, args.batch, args.attention_json) != ("B", 32, None):
+        raise SystemExit("--label records the headline step (ViT-B, --batch 32, no --attention-json)")
     if args.measure:
+        from bench.cost_measure import measure
+
         r = measure(args.model, args.batch, out=args.out, rehearse=args.rehearse)
         print(json.dumps({k: v for k, v in r.items() if not isinstance(v, dict)}, indent=1))
         return 0
     r = run(args.model, args.batch, args.attention_json, check=args.check)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    stored = out / "cost_model.json"
+    r["history"] = json.loads(stored.read_text()).get("history", []) if stored.is_file() else []
+    if args.label:
+        h = r["headline"]
+        r["history"] = [c for c in r["history"] if c["label"] != args.label] + [dict(
+            label=args.label, git_sha=r["git_sha"], step_ms=h["step_ms"], clips_per_s=h["clips_per_s"],
+            bytes_gb=h["bytes_gb"], tflop=h["tflop"], glue_ms=sum(h["by_class_ms"].get(c, 0) for c in GLUE))]
     (out / "cost_model.json").write_text(json.dumps(r, indent=1) + "\n")
     (out / "cost_model.md").write_text(markdown(r))
     h = r["headline"]

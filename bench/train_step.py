@@ -279,7 +279,7 @@ def profile_row(spec: dict, device: torch.device, args) -> dict:
     time goes when a target is missed."""
     from torch.profiler import ProfilerActivity, profile
 
-    from bench.cost_model import classify_kernel
+    from bench.cost_measure import classify_kernel
 
     inputs = loader_batches(spec, device)
     step, losses, backend, _, use_tf32 = build_ours(spec, device, inputs)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from bench import cost_kernels as K
+from bench import cost_measure as M
 from bench import cost_model as C
 
 BF16, FP32 = 2, 4
@@ -115,15 +116,15 @@ def test_target_budget_by_hand():
 
 
 def test_classify_profiler_kernel_names():
-    assert C.classify_kernel("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
-    assert C.classify_kernel("cudnn_generated_fort_native_sdpa_sm90_flash_fprop") == "attention"
-    assert C.classify_kernel("triton_per_fused_native_layer_norm_0") == "reduction"
-    assert C.classify_kernel("triton_poi_fused_gelu_1") == "pointwise"
+    assert M.classify_kernel("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
+    assert M.classify_kernel("cudnn_generated_fort_native_sdpa_sm90_flash_fprop") == "attention"
+    assert M.classify_kernel("triton_per_fused_native_layer_norm_0") == "reduction"
+    assert M.classify_kernel("triton_poi_fused_gelu_1") == "pointwise"
     # bench/train_step.py's profile row uses the same classifier: the side-stream copy and CPU ops (rehearsal)
-    assert C.classify_kernel("Memcpy HtoD (Pinned -> Device)") == "copy to device"
-    assert C.classify_kernel("aten::addmm") == "matmul"
-    assert C.classify_kernel("videomae::cube_embed_triton") == "fused-op"
-    assert C.classify_kernel("Memcpy DtoD (Device -> Device)") == "pointwise"
+    assert M.classify_kernel("Memcpy HtoD (Pinned -> Device)") == "copy to device"
+    assert M.classify_kernel("aten::addmm") == "matmul"
+    assert M.classify_kernel("videomae::cube_embed_triton") == "fused-op"
+    assert M.classify_kernel("Memcpy DtoD (Device -> Device)") == "pointwise"
 
 
 def test_inductor_traffic_counts_launches_not_kernels():
@@ -147,3 +148,22 @@ def test_inductor_traffic_counts_launches_not_kernels():
     assert [(r["kernel"], r["launches"], r["gb"]) for r in got["top"]] == [
         ("triton_per_fused_native_layer_norm_1", 1, 2.0), ("triton_poi_fused_add_0", 3, 1.5),
         ("triton_red_fused_sum_2", 0, 0.0)]
+
+
+def test_history_of_changes_survives_plain_runs(tmp_path, monkeypatch):
+    """`--label` appends the headline (a relabelled run replaces its row); a run without it keeps the history."""
+    import json
+
+    step = {"git_sha": "abc", "headline": {"step_ms": 20.0, "clips_per_s": 1600.0, "bytes_gb": 30.0, "tflop": 6.0,
+                                           "by_class_ms": {"pointwise": 1.0, "reduction": 2.0, "cast": 0.5,
+                                                           "matmul (encoder)": 9.0}}}
+    monkeypatch.setattr(C, "run", lambda *a, **k: json.loads(json.dumps(step)))
+    monkeypatch.setattr(C, "markdown", lambda r: "")
+    out = ["--out", str(tmp_path)]
+    for argv in (["--label", "a"], [], ["--label", "b"], ["--label", "a"], []):
+        assert C.main(out + argv) == 0
+    history = json.loads((tmp_path / "cost_model.json").read_text())["history"]
+    assert [c["label"] for c in history] == ["b", "a"]
+    assert history[0]["glue_ms"] == 3.5 and history[0]["clips_per_s"] == 1600.0
+    with pytest.raises(SystemExit, match="--label records the headline"):
+        C.main(out + ["--label", "c", "--batch", "16"])
