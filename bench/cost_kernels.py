@@ -123,12 +123,15 @@ def _matmul_kernel(node, phase: str) -> Kernel:
 
 def _sdpa_kernel(node, phase: str) -> Kernel:
     kernel, which = _sdpa_kind(node)
-    q, k = _val(node.args[0]), _val(node.args[1])
+    # Every SDPA backward takes (grad_out, query, key, value, ...), every forward (query, key, value, ...).
+    q, k = (_val(a) for a in (node.args[1:3] if which == "backward" else node.args[0:2]))
     b, h, n, d = q.shape
-    fwd = 4 * b * h * n * k.shape[-2] * d
+    nk = k.shape[-2]
+    fwd = 4 * b * h * n * nk * d
     reads = sum(_nbytes(_val(a)) for a in node.args if isinstance(a, torch.fx.Node))
     return Kernel(str(node.target), "attention", _component(node), phase, fwd * (2.5 if which == "backward" else 1),
-                  reads + _nbytes(_val(node)), shape=f"B{b} H{h} N{n} d{d}", attention_kernel=kernel)
+                  reads + _nbytes(_val(node)), shape=f"B{b} H{h} N{n}{'' if nk == n else f'x{nk}'} d{d}",
+                  attention_kernel=kernel)
 
 
 def _fused_op_kernel(node, phase: str) -> Kernel:

@@ -188,10 +188,11 @@ class Step:
     clip_dtype: str = "uint8"  # what `prepare` feeds (DeviceFeed): uint8 clips, normalized inside the ops
     depth: int | None = None
     decoder_depth: int | None = None
+    recompute: str = "auto"  # the CLI's --recompute: `none` compiles with torch's partitioner defaults
 
     def argv(self) -> list[str]:
         argv = ["--batch_size", str(self.batch), "--num_frames", str(self.frames), "--input_size", str(self.size),
-                "--ops_backend", self.ops_backend, "--attention", self.attention]
+                "--ops_backend", self.ops_backend, "--attention", self.attention, "--recompute", self.recompute]
         if self.command == "pretrain":
             argv += ["--mask_ratio", str(self.ratio)]
             if self.v2:
@@ -313,6 +314,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--depth", type=int, default=None, help="encoder depth (default: the model's, 12 for ViT-B)")
     ap.add_argument("--v2", action="store_true", help="dual masking (running-cell decoder mask)")
+    ap.add_argument("--recompute", default="auto", choices=("auto", "cheap", "none", "full"))
     ap.add_argument("--clip-dtype", default="uint8", choices=("uint8", "float32"))
     ap.add_argument("--json", default=None, help="write the summary (and the kernels, with --kernels) here")
     ap.add_argument("--kernels", action="store_true", help="include inductor's kernels (source, PTX) in --json")
@@ -324,7 +326,7 @@ def main(argv=None) -> int:
         sys.stderr.write(res.stderr)
         return res.returncode
     step = Step(command=args.command, batch=args.batch, ops_backend=args.ops_backend, attention=args.attention,
-                v2=args.v2, clip_dtype=args.clip_dtype, depth=args.depth)
+                v2=args.v2, clip_dtype=args.clip_dtype, depth=args.depth, recompute=args.recompute)
     t0 = time.monotonic()
     trace = trace_step(step, traffic=args.traffic)
     out = {"step": dataclasses.asdict(step), "config": trace.config, **trace.summary(),

@@ -59,6 +59,26 @@ def test_fp32_forward_backward_match_fp64_reference(name, shape):
         assert rel(t.grad, t64.grad) < 1e-5
 
 
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_fewer_queries_than_keys(name):
+    """The decoder's last block asks only for the decoded tokens' rows: a query's output and its share of the k, v
+    gradients do not depend on the other queries, so they are the last rows of full attention (fp64 reference)."""
+    torch.manual_seed(0)
+    q, k, v = (t.requires_grad_() for t in qkv(2, 3, 37, 64))
+    scale = 64**-0.5
+    out = A.BACKENDS[name](q[:, :, -29:], k, v, scale, 0.0)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = A.eager_attention(q64, k64, v64, scale)
+    ref.backward(torch.cat((torch.zeros(2, 3, 8, 64, dtype=torch.float64), grad.double()), 2))
+    assert out.shape == (2, 3, 29, 64)
+    assert rel(out, ref[:, :, -29:]) < 1e-5
+    for t, t64 in ((q, q64), (k, k64), (v, v64)):
+        assert rel(t.grad, t64.grad) < 1e-5
+    assert not q.grad[:, :, :8].any()
+
+
 @pytest.mark.parametrize("name", ["sdpa-math", "sdpa-flash", "sdpa-default"])
 def test_bf16_error_at_most_twice_eager_error(name):
     """flash-attention's rule: a backend's error against fp64 is at most 2x PyTorch eager's in the same dtype."""

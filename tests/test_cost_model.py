@@ -86,6 +86,22 @@ def test_attention_flops():
     assert len(ks) == 1 and ks[0].flops == 4 * b * h * n * n * d and ks[0].attention_kernel == "flash"
 
 
+def test_attention_flops_with_fewer_queries_than_keys_forward_and_backward():
+    """The decoder's last block: 5 queries over 16 keys. Backward takes (grad_out, q, k, v, ...): its FLOPs are
+    2.5x the forward's 4 * b * h * n_q * n_k * d, not a product of grad_out's and q's lengths."""
+    b, h, nq, nk, d = 2, 3, 5, 16, 8
+
+    def fn(q, k, v, g):
+        q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+        out = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=0.3)[0]
+        return torch.autograd.grad(out, (q, k, v), g)
+
+    shapes = [(b, h, nq, d), (b, h, nk, d), (b, h, nk, d), (b, h, nq, d)]
+    ks = [k for k in K.kernels(trace(fn, *shapes, dtype=torch.bfloat16), "forward") if k.cls == "attention"]
+    assert [k.flops for k in ks] == [4 * b * h * nq * nk * d, 10 * b * h * nq * nk * d]
+    assert ks[0].shape == "B2 H3 N5x16 d8"
+
+
 def test_roofline_time():
     eff = C.Efficiency()
     mem = K.Kernel("copy", "pointwise", "x", "forward", 0, 4.3e9)

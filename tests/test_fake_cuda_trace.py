@@ -68,6 +68,14 @@ def test_pretrain_step_compiles_for_h200_with_triton_ops(tmp_path):
     check_sm90a(out)
 
 
+def test_pretrain_step_without_recompute_compiles_for_h200(tmp_path):
+    """`--recompute none`: torch's own partitioner settings, the other graph a user can compile."""
+    out = traced(tmp_path, "--ops-backend", "triton", "--recompute", "none")
+    check_compiled(out, "triton")
+    assert out["config"]["recompute"] == "none"
+    check_sm90a(out)
+
+
 def test_pretrain_v2_dual_masking_compiles_for_h200(tmp_path):
     out = traced(tmp_path, "--ops-backend", "triton", "--v2")
     check_compiled(out, "triton")

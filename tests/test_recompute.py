@@ -56,3 +56,38 @@ def test_policy_keeps_matmuls_but_not_the_narrowing_one():
     assert recompute._policy(None, aten.mm.default, torch.zeros(4, 32), w_down) == drop.PREFER_RECOMPUTE  # fc2
     assert recompute._policy(None, aten.gelu.default, a) == drop.PREFER_RECOMPUTE
     assert recompute._policy(None, aten._scaled_dot_product_cudnn_attention.default, a) == keep
+
+
+def test_compile_settings_follow_the_switch():
+    """`none` compiles with the partitioner settings as they were before ours (torch's); the others with ours."""
+    import torch._functorch.config as functorch_config
+
+    from videomae.layers.recompute import COMPILE_SETTINGS, apply_compile_settings
+
+    (name, ours), = COMPILE_SETTINGS.items()
+    before = getattr(functorch_config, name)
+    torch_default = functorch_config._config[name].default  # what `none` must compile with
+    assert ours != torch_default
+    try:
+        for mode, want in (("cheap", ours), ("none", torch_default), ("auto", ours), ("full", ours),
+                           ("none", torch_default)):
+            apply_compile_settings(mode)
+            assert getattr(functorch_config, name) == want, mode
+        with pytest.raises(ValueError, match="recompute must be one of"):
+            apply_compile_settings("some")
+    finally:
+        setattr(functorch_config, name, before)
+
+
+def test_step_config_carries_the_switch_into_the_step():
+    from types import SimpleNamespace
+
+    from videomae.layers.recompute import get_recompute
+    from videomae.train.step import StepConfig, ops_context
+
+    config = StepConfig.from_args(SimpleNamespace(recompute="none"))
+    assert config.recompute == "none"
+    with ops_context(config):
+        assert get_recompute() == "none"
+    with pytest.raises(ValueError, match="recompute must be one of"):
+        StepConfig(recompute="some")

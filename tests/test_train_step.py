@@ -174,7 +174,7 @@ def test_switches_reach_model_and_optimizer():
 # The CLI's defaults resolved for a CPU, written out: what `videomae info` and args.json must show on this machine.
 CPU_DEFAULTS = {"precision": "fp32", "ops_backend": "auto", "attention": "auto", "fused_adamw": True, "compile": False,
                 "compile_mode": None, "compile_backend": "inductor", "cuda_graphs": False, "checkpoint": False,
-                "tf32": True}
+                "recompute": "auto", "tf32": True}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the expected values are a CPU's")

@@ -49,7 +49,7 @@ _ALL_FLOAT = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 def eager_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout_p: float = 0.0
 ) -> torch.Tensor:
-    """q, k, v: [B, H, N, d] -> [B, H, N, d], exactly the official order of operations."""
+    """q: [B, H, Nq, d], k, v: [B, H, N, d] -> [B, H, Nq, d], exactly the official order of operations."""
     attn = (q * scale) @ k.transpose(-2, -1)
     attn = attn.softmax(dim=-1)
     if dropout_p > 0:
@@ -267,7 +267,7 @@ def select_backend(q, k, v, dropout_p: float = 0.0, name: str | None = None) -> 
 def scaled_dot_product_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout_p: float = 0.0
 ) -> torch.Tensor:
-    """q, k, v: [B, H, N, d] -> [B, H, N, d]: `softmax(q k^T * scale) v` (dropout on the weights)."""
+    """q: [B, H, Nq, d], k, v: [B, H, N, d] -> [B, H, Nq, d]: `softmax(q k^T * scale) v` (dropout on the weights)."""
     return select_backend(q, k, v, dropout_p)(q, k, v, scale, dropout_p)
 
 

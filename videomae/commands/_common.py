@@ -174,6 +174,10 @@ def add_training(p, *, batch: int, epochs: int, lr: float, min_lr: float, warmup
     flag(g, "--grad_checkpointing", "--use_checkpoint", "--with_checkpoint", dest="use_checkpoint",
          action="store_true", help="recompute block activations in the backward pass (saves memory; official "
          "names --use_checkpoint / --with_checkpoint)")
+    flag(g, "--recompute", choices=["auto", "cheap", "none", "full"], default=None,
+         help="what backward recomputes instead of keeping: auto (default, env VIDEOMAE_RECOMPUTE: cheap on CUDA), "
+         "cheap (LayerNorm, GELU, casts: about 0.6x the activations, a predicted 2%% of step time), none (keep "
+         "everything: fastest when memory is not short), full (= --grad_checkpointing)")
     c = p.add_argument_group("checkpoints and distribution")
     flag(c, "--save_ckpt_freq", type=int, default=save_freq, help="save a checkpoint every N epochs (and at the end)")
     flag(c, "--save_ckpt_steps", type=int, default=0, help="also save every N optimizer steps inside an epoch (0: off)")

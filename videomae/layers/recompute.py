@@ -15,7 +15,10 @@ same inputs, so gradients are bitwise those of `none`.
 Compiled steps (`torch.compile`): `auto` leaves the choice to AOTAutograd's min-cut partitioner, which finds the
 same cut by itself once told that a value the backward needs anyway (the GELU output, the fp32 LayerNorm
 input) may be recomputed rather than stored: `COMPILE_SETTINGS`, applied by `apply_compile_settings()` before
-compiling (`videomae.train.step.build_objective` does).
+compiling (`videomae.train.step.build_objective` does), unless the switch is `none`. What it costs and saves:
+ViT-B at B=32 keeps 89 instead of 135 MiB per clip (bench/results/memory.md) for a predicted 0.47 ms per step
+(23.24 against 22.77 ms, bench/results/cost_model.md "What each setting buys"); `none` (`videomae pretrain
+--recompute none`) is the faster choice when memory is not short.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ COMPILE_SETTINGS = {"ban_recompute_materialized_backward": False}  # torch._func
 # --traffic`, torch 2.11) grows from 16.67 to 17.32 GB and 607 to 634 launches (+4%, about 0.15 ms at copy
 # bandwidth), and nothing spills.
 INDUCTOR_SETTINGS = {"triton.mix_order_reduction": False}
+_BEFORE: dict[str, object] = {}  # COMPILE_SETTINGS' values before apply_compile_settings first changed them
 
 _aten = torch.ops.aten
 # Kept: matmuls (their outputs feed the weight gradients) and every attention kernel (output + log-sum-exp).
@@ -122,14 +126,18 @@ def run_block(block: torch.nn.Module, x: torch.Tensor, mode: str) -> torch.Tenso
 _cheap_contexts = functools.partial(create_selective_checkpoint_contexts, _policy)
 
 
-def apply_compile_settings() -> None:
+def apply_compile_settings(mode: str | None = None) -> None:
     """Let the compiled step's partitioner recompute cheap values the backward needs (see the module docstring),
-    and keep inductor's kernels for that graph free of register spills (INDUCTOR_SETTINGS)."""
+    unless `mode` (default: the switch in force, `get_recompute()`) is `none`, which puts back the values these
+    settings had before they were first applied (torch's, unless the user set them); and keep inductor's kernels
+    for that graph free of register spills (INDUCTOR_SETTINGS)."""
     import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config
 
+    mode = get_recompute() if mode is None else _check(mode, "recompute")
     for name, value in COMPILE_SETTINGS.items():
-        setattr(functorch_config, name, value)
+        _BEFORE.setdefault(name, getattr(functorch_config, name))
+        setattr(functorch_config, name, _BEFORE[name] if mode == "none" else value)
     for name, value in INDUCTOR_SETTINGS.items():
         *path, leaf = name.split(".")
         setattr(functools.reduce(getattr, path, inductor_config), leaf, value)

@@ -86,6 +86,7 @@ class StepConfig:
     compile_backend: str = "inductor"
     cuda_graphs: bool = False
     checkpoint: bool = False
+    recompute: str = "auto"
     tf32: bool = True
 
     def __post_init__(self):
@@ -97,6 +98,10 @@ class StepConfig:
             raise ValueError(f"ops_backend must be auto, cuda, triton or torch, got {self.ops_backend!r}")
         if self.attention.replace("_", "-") not in attention.ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {attention.ATTENTION_BACKENDS}, got {self.attention!r}")
+        from videomae.layers.recompute import MODES
+
+        if self.recompute not in MODES:
+            raise ValueError(f"recompute must be one of {MODES}, got {self.recompute!r}")
         if self.cuda_graphs and self.precision == "fp16":
             raise ValueError("cuda_graphs does not capture the GradScaler (fp16) step: use bf16 or fp32")
         if self.cuda_graphs and not self.fused_adamw:
@@ -112,7 +117,7 @@ class StepConfig:
         """The switches from parsed CLI flags (absent flags keep their defaults)."""
         names = {"precision": "precision", "compile": "compile", "cuda_graphs": "cuda_graphs",
                  "attention": "attention", "ops_backend": "ops_backend", "checkpoint": "use_checkpoint",
-                 "fused_adamw": "fused_adamw"}
+                 "fused_adamw": "fused_adamw", "recompute": "recompute"}
         given = {k: getattr(args, a) for k, a in names.items() if getattr(args, a, None) is not None}
         return cls(**given)
 
@@ -167,17 +172,24 @@ def build_objective(model: nn.Module, config: StepConfig, loss: Callable[[nn.Mod
         return objective
     from videomae.layers.recompute import apply_compile_settings
 
-    apply_compile_settings()  # the partitioner may recompute the cheap values backward needs (0.78x -> 0.51x HF)
+    # Unless recompute is `none`, the partitioner may recompute the cheap values backward needs (0.78x -> 0.51x HF).
+    apply_compile_settings(None if config.recompute == "auto" else config.recompute)
     fullgraph = not isinstance(model, nn.parallel.DistributedDataParallel)
     return torch.compile(objective, fullgraph=fullgraph, mode=config.compile_mode, backend=config.compile_backend)
 
 
-def ops_context(config: StepConfig):
-    """The backends forced for the step, ops and attention (`auto`: the env vars, else per-call dispatch)."""
+def ops_context(config: StepConfig) -> contextlib.ExitStack:
+    """The backends forced for the step, ops and attention (`auto`: the env vars, else per-call dispatch), and the
+    recompute switch (`auto`: `VIDEOMAE_RECOMPUTE`, else `videomae.layers.recompute`'s default)."""
     from videomae.dispatch import use_backend
+    from videomae.layers.recompute import use_recompute
 
-    return use_backend(None if config.ops_backend == "auto" else config.ops_backend,
-                       attention=None if config.attention == "auto" else config.attention)
+    stack = contextlib.ExitStack()
+    stack.enter_context(use_backend(None if config.ops_backend == "auto" else config.ops_backend,
+                                    attention=None if config.attention == "auto" else config.attention))
+    if config.recompute != "auto":
+        stack.enter_context(use_recompute(config.recompute))
+    return stack
 
 
 # ---------------------------------------------------------------- the step
