@@ -147,7 +147,8 @@ def build_ours(spec: dict, device: torch.device, inputs: list):
     base = train.StepConfig() if spec["peer"] == "fast" else train.StepConfig.eager_reference(
         "bf16" if device.type == "cuda" else "fp32")
     config = base.replace(compile=spec["compile"], cuda_graphs=spec["cuda_graphs"],
-                          compile_backend=spec["compile_backend"])
+                          compile_backend=spec["compile_backend"],
+                          recompute=spec.get("recompute", "auto") if spec["peer"] == "fast" else base.recompute)
     name, kw = model_kwargs(spec["model"], spec["frames"], spec["size"])
     net = videomae.create_model(name, **kw).to(device)
     feed = DeviceFeed(device, spec["size"])
@@ -319,11 +320,11 @@ def share_compiles():
 
 def plan(args, device: torch.device) -> list[dict]:
     """Rows in order of value: the table at the CLI's defaults for each batch size, then the other compile
-    setting, then the CUDA-graph rows."""
+    setting, then the CUDA-graph rows, then the fast step under the other recompute switches."""
     default = train.StepConfig().resolve(device, pretraining=True).compile
     compiles = {"default": [default], "on": [True], "off": [False], "both": [default, not default]}[args.compile]
     base = dict(model=args.model, frames=args.frames, size=args.size, ratio=args.ratio, source=tuple(args.source),
-                compile_backend=args.compile_backend, cuda_graphs=False)
+                compile_backend=args.compile_backend, cuda_graphs=False, recompute=args.recompute[0])
     rows = []
     for b in args.batch_sizes:
         for p in args.peers:
@@ -331,16 +332,19 @@ def plan(args, device: torch.device) -> list[dict]:
     rows += [dict(base, peer="fast", batch=b, compile=c) for c in compiles[1:] for b in args.batch_sizes]
     if args.cuda_graphs:
         rows += [dict(base, peer="fast", batch=b, compile=compiles[0], cuda_graphs=True) for b in args.batch_sizes]
+    rows += [dict(base, peer="fast", batch=b, compile=compiles[0], recompute=r) for r in args.recompute[1:]
+             for b in args.batch_sizes]
     return rows
 
 
 def summary(rows: list[dict]) -> str:
-    out = [f"{'peer':9}{'compile':>8}{'graphs':>7}{'batch':>6}{'clips/s':>10}{'step ms':>9}{'GiB/clip':>9}"
-           f"{'MFU':>7}{'vs hf':>7}{'vs off':>7}  status"]
+    out = [f"{'peer':9}{'compile':>8}{'graphs':>7}{'recomp':>7}{'batch':>6}{'clips/s':>10}{'step ms':>9}"
+           f"{'GiB/clip':>9}{'MFU':>7}{'vs hf':>7}{'vs off':>7}  status"]
     ok = {(r["peer"], r["batch"]): r for r in rows if r["status"] == "ok" and not r["compile"] and not r["cuda_graphs"]}
     for r in rows:
         if r["status"] != "ok":
-            out.append(f"{r['peer']:9}{r['compile']!s:>8}{r['cuda_graphs']!s:>7}{r['batch']:6}  {r['status'][:80]}")
+            out.append(f"{r['peer']:9}{r['compile']!s:>8}{r['cuda_graphs']!s:>7}{r.get('recompute', '-'):>7}"
+                       f"{r['batch']:6}  {r['status'][:80]}")
             continue
         vs = []
         for peer in ("hf", "official"):
@@ -349,7 +353,8 @@ def summary(rows: list[dict]) -> str:
         mem = r.get("peak_mem_per_clip_gib")
         mem = f"{mem:9.3f}" if mem is not None else f"{'-':>9}"
         mfu = f"{100 * r['mfu']:6.1f}%" if r.get("mfu") else f"{'-':>7}"
-        out.append(f"{r['peer']:9}{r['compile']!s:>8}{r['cuda_graphs']!s:>7}{r['batch']:6}{r['clips_per_s']:10.1f}"
+        out.append(f"{r['peer']:9}{r['compile']!s:>8}{r['cuda_graphs']!s:>7}{r.get('recompute', '-'):>7}"
+                   f"{r['batch']:6}{r['clips_per_s']:10.1f}"
                    f"{r['step_ms']:9.1f}{mem}{mfu}{vs[0]}{vs[1]}  ok")
     return "\n".join(out)
 
@@ -363,6 +368,8 @@ def parse(argv=None) -> argparse.Namespace:
                     help="the fast rows: the CLI's default (on for CUDA), on, off, or both (default first)")
     ap.add_argument("--compile-backend", default="inductor")
     ap.add_argument("--cuda-graphs", action="store_true", help="add whole-step CUDA-graph rows of the fast step")
+    ap.add_argument("--recompute", nargs="+", default=["auto"], choices=("auto", "cheap", "none", "full"),
+                    help="the fast step's recompute switch (the CLI's --recompute); more than one adds fast rows")
     ap.add_argument("--model", default="B", choices=(*MODELS, "tiny"))
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--size", type=int, default=224)
@@ -421,7 +428,8 @@ def main(argv=None) -> list[dict]:
                 row, backend = measure(spec, device, args, rate)
             rows.append(writer.add(row, backend=backend, device=str(device)))
             r = rows[-1]
-            print(f"{r['peer']:9} compile={r['compile']!s:5} graphs={r['cuda_graphs']!s:5} batch {r['batch']:4}: "
+            print(f"{r['peer']:9} compile={r['compile']!s:5} graphs={r['cuda_graphs']!s:5} "
+                  f"recompute={r.get('recompute', '-'):4} batch {r['batch']:4}: "
                   + (f"{r['clips_per_s']:.1f} clips/s" if r["status"] == "ok" else r["status"]), flush=True)
         if args.profile and (args.budget is None or time.monotonic() - start < args.budget):
             spec = dict(plan(args, device)[0], peer="fast", matmul_tflops=rate / 1e12)
