@@ -168,9 +168,10 @@ def _pretrain_cmd(synth: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_sigkill_then_resume_auto_equals_an_uninterrupted_run(synth, tmp_path):
-    # 8 videos / batch 2 = 4 steps per epoch; 6 epochs; a checkpoint every 2 steps (mid-epoch too).
-    # Drop path makes the result depend on the restored torch RNG state.
-    args = ["--epochs", "6", "--save_ckpt_steps", "2", "--keep_last", "2", "--no_preview"]
+    # 8 videos / batch 2 = 4 steps per epoch; 3 epochs; a checkpoint every 2 steps (mid-epoch too): killed after
+    # the first, the resumed run finishes that epoch and two more. Drop path makes the result depend on the
+    # restored torch RNG state.
+    args = ["--epochs", "3", "--save_ckpt_steps", "2", "--keep_last", "2", "--no_preview"]
     whole = tmp_path / "whole"
     subprocess.run(_pretrain_cmd(synth, whole, *args), check=True, env=env(), capture_output=True, timeout=600)
 
@@ -195,7 +196,7 @@ def test_sigkill_then_resume_auto_equals_an_uninterrupted_run(synth, tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # The step log of the resumed run has every step exactly once, as the uninterrupted one.
-    assert [r["step"] for r in read_steps(cut)] == [r["step"] for r in read_steps(whole)] == list(range(1, 25))
+    assert [r["step"] for r in read_steps(cut)] == [r["step"] for r in read_steps(whole)] == list(range(1, 13))
     assert [r["loss"] for r in read_steps(cut)] == [r["loss"] for r in read_steps(whole)]
     assert len(list(cut.glob("checkpoint-*.pth"))) == 2  # --keep_last 2
 
