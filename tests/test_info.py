@@ -53,7 +53,7 @@ def test_fast_path_shows_the_step_switches_resolved_for_a_cpu():
     # The CLI's defaults on a CPU, written out: auto precision is fp32 there, and compile is off off CUDA.
     assert r["config"] == {"precision": "fp32", "ops_backend": "auto", "attention": "auto", "fused_adamw": True,
                            "compile": False, "compile_mode": None, "compile_backend": "inductor",
-                           "cuda_graphs": False, "checkpoint": False, "tf32": True}
+                           "cuda_graphs": False, "checkpoint": False, "recompute": "auto", "tf32": True}
     assert "attention" not in r  # shown in its own section
     text = info.format_report({**info.collect(), "fast path": r})
     assert "fp32" in text and "compile here" in text
