@@ -182,6 +182,11 @@ def attention_candidates(ks: list[Kernel], batch: int, eff: Efficiency = Efficie
 GLUE = ("pointwise", "reduction", "cast")  # the classes that are inductor's own kernels
 
 
+def glue_ms(summary: dict) -> float:
+    """The time of a `summarize()`d step's GLUE classes."""
+    return sum(summary["by_class_ms"].get(c, 0) for c in GLUE)
+
+
 def inductor_traffic(batch: int = 32) -> dict:
     """The same step as inductor compiles it (bench/trace.py: the CLI's objective on a fake H200, ViT-B at full
     depth, caches off): bytes of inductor's own kernels per step, each kernel's estimate (inductor's
@@ -284,8 +289,7 @@ def markdown(r: dict) -> str:
               "| variant | step ms | clips/s | glue ms (pointwise+reduction+cast) |",
               "|---|---:|---:|---:|"]
     for name, v in r["variants"].items():
-        glue = sum(v["by_class_ms"].get(c, 0) for c in GLUE)
-        lines.append(f"| {name} | {v['step_ms']:.2f} | {v['clips_per_s']:.0f} | {glue:.2f} |")
+        lines.append(f"| {name} | {v['step_ms']:.2f} | {v['clips_per_s']:.0f} | {glue_ms(v):.2f} |")
     lines += ["", "## Attention kernels (decoder: N=1568, d=64, 6 heads; all layers, fwd+bwd)", "",
               "| kernel | TFLOP/s fwd / bwd (assumed) | decoder fwd ms | decoder bwd ms | all attention ms "
               "| step clips/s |",
@@ -314,11 +318,11 @@ def markdown(r: dict) -> str:
                   f"persistent reductions {ind['gb'].get('per', 0):.2f}, looped reductions "
                   f"{ind['gb'].get('red', 0):.2f}, pointwise {ind['gb'].get('poi', 0):.2f}): "
                   f"{ind['total_gb'] / gm['gb']:.2f}x the model's bytes."]
-        glue_ms = sum(h["by_class_ms"].get(c, 0) for c in GLUE)
-        ms = glue_ms * ind["total_gb"] / gm["gb"] + (ind["launches"] - gm["kernels"]) * LAUNCH_S * 1e3
-        step = h["step_ms"] - glue_ms + ms
+        glue = glue_ms(h)
+        ms = glue * ind["total_gb"] / gm["gb"] + (ind["launches"] - gm["kernels"]) * LAUNCH_S * 1e3
+        step = h["step_ms"] - glue + ms
         lines += ["", f"Priced at this model's glue rates, inductor's kernels take {ms:.2f} ms instead of "
-                  f"{glue_ms:.2f}: {step:.1f} ms per step, {r['batch'] / step * 1e3:.0f} clips/s (the headline above "
+                  f"{glue:.2f}: {step:.1f} ms per step, {r['batch'] / step * 1e3:.0f} clips/s (the headline above "
                   f"keeps the model's own fusion)."]
         lines += ["", "Inductor's kernels moving the most bytes per step:", "",
                   "| GB per step | launches | GB per launch | graph | kernel |", "|---:|---:|---:|---|---|"]
@@ -363,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         h = r["headline"]
         r["history"] = [c for c in r["history"] if c["label"] != args.label] + [dict(
             label=args.label, git_sha=r["git_sha"], step_ms=h["step_ms"], clips_per_s=h["clips_per_s"],
-            bytes_gb=h["bytes_gb"], tflop=h["tflop"], glue_ms=sum(h["by_class_ms"].get(c, 0) for c in GLUE))]
+            bytes_gb=h["bytes_gb"], tflop=h["tflop"], glue_ms=glue_ms(h))]
     (out / "cost_model.json").write_text(json.dumps(r, indent=1) + "\n")
     (out / "cost_model.md").write_text(markdown(r))
     h = r["headline"]
