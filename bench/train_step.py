@@ -53,6 +53,7 @@ from bench.flops import MODELS, _ScalarsOnCpu, pretrain_flops, shape_of  # noqa:
 from videomae import attention  # noqa: E402
 from videomae.data.feed import DeviceFeed  # noqa: E402
 from videomae.data.transforms import multiscale_crop_box  # noqa: E402
+from videomae.layers.recompute import MODES as RECOMPUTE_MODES  # noqa: E402
 from videomae.masking import token_ids, tube_mask  # noqa: E402
 from videomae.train import step as train  # noqa: E402
 from videomae.train.pretrain import pretrain_loss  # noqa: E402
@@ -368,7 +369,7 @@ def parse(argv=None) -> argparse.Namespace:
                     help="the fast rows: the CLI's default (on for CUDA), on, off, or both (default first)")
     ap.add_argument("--compile-backend", default="inductor")
     ap.add_argument("--cuda-graphs", action="store_true", help="add whole-step CUDA-graph rows of the fast step")
-    ap.add_argument("--recompute", nargs="+", default=["auto"], choices=("auto", "cheap", "none", "full"),
+    ap.add_argument("--recompute", nargs="+", default=["auto"], choices=RECOMPUTE_MODES,
                     help="the fast step's recompute switch (the CLI's --recompute); more than one adds fast rows")
     ap.add_argument("--model", default="B", choices=(*MODELS, "tiny"))
     ap.add_argument("--frames", type=int, default=16)
